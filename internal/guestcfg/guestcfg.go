@@ -40,3 +40,13 @@ type Image struct {
 	WorkingDir string   `json:"working_dir,omitempty"`
 	User       string   `json:"user,omitempty"` // "uid[:gid]" or "name[:group]"
 }
+
+// Mount points inside the final root. Init mounts a tmpfs on /run first and
+// the two disks below it, so they stay reachable after the switch to the
+// overlay root (the agent freezes MountWritable for forks) and nothing is
+// written into the image or the VM's disk to hold them. The agent must not
+// mount over /run again.
+const (
+	MountBase     = "/run/hyper/base"
+	MountWritable = "/run/hyper/writable"
+)
