@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Hyper builds, tests and runs with. Idempotent:
+# packages already present are not fetched again, so a warm machine pays
+# nothing.
+set -euo pipefail
+
+packages=(
+	ca-certificates
+	e2fsprogs        # mke2fs, e2fsck, debugfs: writable disks and image checks
+	xfsprogs         # mkfs.xfs: the reflink clone path in tests
+	util-linux       # losetup, mount
+	passwd           # useradd: the hyper system user and test users
+	qemu-system-x86  # the QEMU driver: real guests on hosts without Firecracker
+	busybox-static   # the small real image tests boot
+	postgresql       # the cluster store engine, tested for real
+	cpio
+)
+if [ "${1:-}" = "--bench" ]; then
+	packages+=(debootstrap skopeo umoci)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+	echo "installing: ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi

@@ -1,0 +1,153 @@
+// Package server implements Hyper's public API (api/hyper/v1) on top of a
+// node's store and subsystems. Every RPC validates its request, then calls
+// the subsystem that owns the work; errors are mapped to API codes in one
+// place (errors.go).
+package server
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"connectrpc.com/connect"
+	"connectrpc.com/grpchealth"
+	"connectrpc.com/grpcreflect"
+
+	hyperv1 "github.com/hypervm/hyper/api/hyper/v1"
+	"github.com/hypervm/hyper/api/hyper/v1/hyperv1connect"
+	"github.com/hypervm/hyper/internal/store"
+)
+
+// Store is what the API reads and writes directly.
+type Store interface {
+	GetNode(ctx context.Context, name string) (store.Node, error)
+	ListNodes(ctx context.Context) ([]store.Node, error)
+	SetCordoned(ctx context.Context, name string, cordoned bool) error
+
+	GetImage(ctx context.Context, id string) (store.Image, error)
+	ListImages(ctx context.Context) ([]store.Image, error)
+
+	GetVM(ctx context.Context, id string) (store.VM, error)
+	ListVMs(ctx context.Context, f store.VMFilter) ([]store.VM, string, error)
+
+	ListLayers(ctx context.Context, f store.LayerFilter) ([]store.Layer, error)
+}
+
+// Options configure a Server.
+type Options struct {
+	Store    Store
+	Images   Images // nil: image loading is not available on this node
+	Node     string // this node's name
+	LeaseTTL time.Duration
+	Logger   *slog.Logger
+	Now      func() time.Time
+}
+
+// Server implements hyperv1connect.HyperHandler.
+type Server struct {
+	hyperv1connect.UnimplementedHyperHandler
+	store    Store
+	images   Images
+	node     string
+	leaseTTL time.Duration
+	log      *slog.Logger
+	now      func() time.Time
+}
+
+var _ hyperv1connect.HyperHandler = (*Server)(nil)
+
+// New returns a Server.
+func New(o Options) *Server {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return &Server{store: o.Store, images: o.Images, node: o.Node, leaseTTL: o.LeaseTTL, log: o.Logger, now: o.Now}
+}
+
+// Handler returns the HTTP handler serving the API (gRPC, gRPC-Web and
+// Connect/JSON), gRPC health checking and gRPC reflection.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	path, h := hyperv1connect.NewHyperHandler(s, connect.WithInterceptors(logInterceptor(s.log)))
+	mux.Handle(path, h)
+	mux.Handle(grpchealth.NewHandler(grpchealth.NewStaticChecker(hyperv1connect.HyperName)))
+	reflector := grpcreflect.NewStaticReflector(hyperv1connect.HyperName)
+	mux.Handle(grpcreflect.NewHandlerV1(reflector))
+	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
+	return mux
+}
+
+// logInterceptor logs every failed unary call with its procedure and code;
+// streaming handlers log their own failures.
+func logInterceptor(log *slog.Logger) connect.UnaryInterceptorFunc {
+	return func(next connect.UnaryFunc) connect.UnaryFunc {
+		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+			start := time.Now()
+			resp, err := next(ctx, req)
+			if err != nil {
+				log.LogAttrs(ctx, slog.LevelInfo, "rpc failed",
+					slog.String("op", req.Spec().Procedure),
+					slog.String("code", connect.CodeOf(err).String()),
+					slog.String("error", err.Error()),
+					slog.Duration("took", time.Since(start)))
+			}
+			return resp, err
+		}
+	}
+}
+
+func unimplemented(what, issue string) error {
+	return connect.NewError(connect.CodeUnimplemented,
+		errorf("%s is not implemented on this node yet (%s)", what, issue))
+}
+
+// Guest and lifecycle RPCs land with the VM lifecycle (issue 6) and forks
+// (issue 7); until then they say so instead of pretending.
+
+func (s *Server) CreateVm(context.Context, *connect.Request[hyperv1.CreateVmRequest]) (*connect.Response[hyperv1.Vm], error) {
+	return nil, unimplemented("CreateVm", "VM lifecycle, issue #6")
+}
+
+func (s *Server) StopVm(context.Context, *connect.Request[hyperv1.StopVmRequest]) (*connect.Response[hyperv1.StopVmResponse], error) {
+	return nil, unimplemented("StopVm", "VM lifecycle, issue #6")
+}
+
+func (s *Server) ForkVm(context.Context, *connect.Request[hyperv1.ForkVmRequest]) (*connect.Response[hyperv1.ForkVmResponse], error) {
+	return nil, unimplemented("ForkVm", "forks, issue #7")
+}
+
+func (s *Server) SnapshotVm(context.Context, *connect.Request[hyperv1.SnapshotVmRequest]) (*connect.Response[hyperv1.Layer], error) {
+	return nil, unimplemented("SnapshotVm", "forks, issue #7")
+}
+
+func (s *Server) DeleteLayer(context.Context, *connect.Request[hyperv1.DeleteLayerRequest]) (*connect.Response[hyperv1.DeleteLayerResponse], error) {
+	return nil, unimplemented("DeleteLayer", "forks, issue #7")
+}
+
+func (s *Server) GetVmLogs(context.Context, *connect.Request[hyperv1.GetVmLogsRequest], *connect.ServerStream[hyperv1.GetVmLogsResponse]) error {
+	return unimplemented("GetVmLogs", "VM lifecycle, issue #6")
+}
+
+func (s *Server) Exec(context.Context, *connect.BidiStream[hyperv1.ExecRequest, hyperv1.ExecResponse]) error {
+	return unimplemented("Exec", "VM lifecycle, issue #6")
+}
+
+func (s *Server) ReadFile(context.Context, *connect.Request[hyperv1.ReadFileRequest], *connect.ServerStream[hyperv1.ReadFileResponse]) error {
+	return unimplemented("ReadFile", "VM lifecycle, issue #6")
+}
+
+func (s *Server) WriteFile(context.Context, *connect.ClientStream[hyperv1.WriteFileRequest]) (*connect.Response[hyperv1.WriteFileResponse], error) {
+	return nil, unimplemented("WriteFile", "VM lifecycle, issue #6")
+}
+
+func (s *Server) ListDir(context.Context, *connect.Request[hyperv1.ListDirRequest]) (*connect.Response[hyperv1.ListDirResponse], error) {
+	return nil, unimplemented("ListDir", "VM lifecycle, issue #6")
+}
+
+func (s *Server) Stat(context.Context, *connect.Request[hyperv1.StatRequest]) (*connect.Response[hyperv1.StatResponse], error) {
+	return nil, unimplemented("Stat", "VM lifecycle, issue #6")
+}

@@ -1,0 +1,192 @@
+// Package e2e drives the built binaries as a user would: hyperd as an
+// unprivileged user with a root-owned config, the hyper CLI, and raw
+// HTTP/JSON and gRPC clients against the API socket.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// testUser is the unprivileged account hyperd runs as in these tests.
+const testUser = "hyper-e2e"
+
+var binDir string
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	if os.Geteuid() != 0 {
+		fmt.Println("e2e: skipping: needs root to create the test user and root-owned configs")
+		return m.Run()
+	}
+	binDir = os.Getenv("HYPER_TEST_BIN")
+	if binDir == "" {
+		dir, err := os.MkdirTemp("", "hyper-e2e-bin-")
+		if err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		cmd := exec.Command("go", "build", "-o", dir+"/", "github.com/hypervm/hyper/cmd/hyperd", "github.com/hypervm/hyper/cmd/hyper")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			fmt.Printf("build: %v\n%s", err, out)
+			return 1
+		}
+		binDir = dir
+	}
+	// The unprivileged user must be able to reach the binaries.
+	if err := os.Chmod(binDir, 0o755); err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	return m.Run()
+}
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates a system user and root-owned configs")
+	}
+}
+
+// ensureUser creates the unprivileged test user once.
+func ensureUser(t *testing.T) (uid, gid int) {
+	t.Helper()
+	u, err := user.Lookup(testUser)
+	if err != nil {
+		out, err := exec.Command("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", testUser).CombinedOutput()
+		if err != nil && !strings.Contains(string(out), "already exists") {
+			t.Fatalf("useradd %s: %v: %s", testUser, err, out)
+		}
+		if u, err = user.Lookup(testUser); err != nil {
+			t.Fatal(err)
+		}
+	}
+	uid, _ = strconv.Atoi(u.Uid)
+	gid, _ = strconv.Atoi(u.Gid)
+	return uid, gid
+}
+
+// node is one hyperd under test.
+type node struct {
+	t       *testing.T
+	dir     string // root-owned, world-traversable
+	workDir string // owned by the test user
+	config  string
+	socket  string
+	name    string
+	cmd     *exec.Cmd
+	log     *bytes.Buffer
+}
+
+// newNode prepares a work dir and a root-owned config; extra is appended to
+// the config file.
+func newNode(t *testing.T, extra string) *node {
+	t.Helper()
+	requireRoot(t)
+	uid, gid := ensureUser(t)
+	dir, err := os.MkdirTemp("", "hyper-e2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	n := &node{t: t, dir: dir, workDir: filepath.Join(dir, "work"), name: "e2e-" + filepath.Base(dir)}
+	if err := os.Mkdir(n.workDir, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(n.workDir, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	n.socket = filepath.Join(n.workDir, "hyperd.sock")
+	n.config = filepath.Join(dir, "config.toml")
+	cfg := fmt.Sprintf("work_dir = %q\n\n[cluster]\nnode_name = %q\nlease_interval = \"1s\"\nlease_ttl = \"3s\"\n%s", n.workDir, n.name, extra)
+	if err := os.WriteFile(n.config, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// hyperdCmd returns a hyperd command running as the test user.
+func (n *node) hyperdCmd(args ...string) *exec.Cmd {
+	uid, gid := ensureUser(n.t)
+	cmd := exec.Command(filepath.Join(binDir, "hyperd"), append([]string{"--config", n.config}, args...)...)
+	cmd.Dir = "/"
+	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)},
+		Setpgid:    true,
+	}
+	return cmd
+}
+
+// start runs hyperd and waits for its socket.
+func (n *node) start() {
+	n.t.Helper()
+	n.log = &bytes.Buffer{}
+	n.cmd = n.hyperdCmd()
+	n.cmd.Stdout, n.cmd.Stderr = n.log, n.log
+	if err := n.cmd.Start(); err != nil {
+		n.t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- n.cmd.Wait() }()
+	n.t.Cleanup(func() {
+		_ = n.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			_ = n.cmd.Process.Kill()
+			<-exited
+			n.t.Errorf("hyperd did not stop on SIGTERM within 10s; log:\n%s", n.log)
+		}
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if fi, err := os.Stat(n.socket); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			if strings.Contains(n.log.String(), "hyperd ready") {
+				return
+			}
+		}
+		select {
+		case err := <-exited:
+			n.t.Fatalf("hyperd exited early: %v; log:\n%s", err, n.log)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	n.t.Fatalf("hyperd not ready after 20s; log:\n%s", n.log)
+}
+
+// hyper runs the CLI against the node and returns stdout, stderr and the
+// exit code.
+func (n *node) hyper(args ...string) (stdout, stderr string, code int) {
+	n.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "hyper"), append([]string{"--addr", "unix://" + n.socket}, args...)...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return out.String(), errb.String(), ee.ExitCode()
+	} else if err != nil {
+		n.t.Fatalf("hyper %v: %v", args, err)
+	}
+	return out.String(), errb.String(), 0
+}
