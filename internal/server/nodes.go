@@ -21,7 +21,7 @@ func (s *Server) ListNodes(ctx context.Context, _ *connect.Request[hyperv1.ListN
 }
 
 func (s *Server) GetNode(ctx context.Context, req *connect.Request[hyperv1.GetNodeRequest]) (*connect.Response[hyperv1.Node], error) {
-	return s.node(ctx, req.Msg.GetName())
+	return s.getNode(ctx, req.Msg.GetName())
 }
 
 func (s *Server) CordonNode(ctx context.Context, req *connect.Request[hyperv1.CordonNodeRequest]) (*connect.Response[hyperv1.Node], error) {
@@ -39,10 +39,10 @@ func (s *Server) setCordoned(ctx context.Context, name string, cordoned bool) (*
 	if err := s.store.SetCordoned(ctx, name, cordoned); err != nil {
 		return nil, apiError(err)
 	}
-	return s.node(ctx, name)
+	return s.getNode(ctx, name)
 }
 
-func (s *Server) node(ctx context.Context, name string) (*connect.Response[hyperv1.Node], error) {
+func (s *Server) getNode(ctx context.Context, name string) (*connect.Response[hyperv1.Node], error) {
 	if name == "" {
 		return nil, invalid("name", "required")
 	}
