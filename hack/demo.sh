@@ -50,7 +50,12 @@ chown root:root "$CONFIG"
 
 work_dir=$(sed -n 's/^work_dir *= *"\(.*\)"/\1/p' "$CONFIG")
 work_dir=${work_dir:-/srv/hyper}
-install -d -o "$USER_NAME" -g "$USER_NAME" -m 0750 "$work_dir"
+# work_dir is root-owned and sticky: hyperd (group hyper) creates its files
+# and directories in it, but cannot rename or remove what root put there (the
+# jails), so it can never redirect the jailer, which runs as root.
+install -d -o root -g "$USER_NAME" -m 01770 "$work_dir"
+chown root:"$USER_NAME" "$work_dir"
+chmod 01770 "$work_dir"
 install -d -o "$USER_NAME" -g "$USER_NAME" -m 0755 "$RUN_DIR" /var/log/hyper
 
 stop

@@ -316,8 +316,8 @@ func (c *Config) Validate() error {
 		"kernel.vmlinux": c.Kernel.Vmlinux, "kernel.modules": c.Kernel.Modules, "disk.layer_dir": c.Disk.LayerDir,
 		"api.tls_cert": c.API.TLSCert, "api.tls_key": c.API.TLSKey, "api.token_file": c.API.TokenFile,
 	} {
-		if p != "" && !filepath.IsAbs(p) {
-			return bad(key, "must be an absolute path (got %q)", p)
+		if p != "" && (!filepath.IsAbs(p) || filepath.Clean(p) != p) {
+			return bad(key, "must be an absolute, clean path (got %q)", p)
 		}
 	}
 	if (c.API.TLSCert == "") != (c.API.TLSKey == "") {

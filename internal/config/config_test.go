@@ -81,6 +81,7 @@ func TestParseErrors(t *testing.T) {
 		{"range min 0", "[jails]\nuid_gid_range = [0, 10]", "jails.uid_gid_range", "min must be >= 1"},
 		{"range min > max", "[jails]\nuid_gid_range = [20, 10]", "jails.uid_gid_range", "min=20, max=10"},
 		{"range arity", "[jails]\nuid_gid_range = [20]", "jails.uid_gid_range", "[min, max]"},
+		{"unclean path", "[kernel]\ndir = \"/srv/../etc\"", "kernel.dir", "clean"},
 		{"bad cgroup", "[jails]\ncgroup = \"a/b\"", "jails.cgroup", "one name"},
 		{"bad duration", "[cluster]\nlease_ttl = \"soon\"", "cluster.lease_ttl", "invalid duration"},
 		{"ttl below interval", "[cluster]\nlease_ttl = \"1s\"", "cluster.lease_ttl", "longer than"},
@@ -157,6 +158,7 @@ func TestReadTrusted(t *testing.T) {
 		"group writable": {writeFile(t, dir, "gw.toml", 0o664, 0), "group- or world-writable"},
 		"world writable": {writeFile(t, dir, "ww.toml", 0o646, 0), "group- or world-writable"},
 		"not root-owned": {writeFile(t, dir, "user.toml", 0o644, 65534), "not owned by root"},
+		"not root group": {groupOwned(t, writeFile(t, dir, "grp.toml", 0o644, 0)), "not owned by root:root"},
 		"symlink":        {link, "symlink"},
 		"directory":      {subdir, "not a regular file"},
 		"fifo":           {fifo, "not a regular file"},
@@ -190,4 +192,12 @@ func TestLoad(t *testing.T) {
 	if _, err := Load(p); err == nil || !strings.Contains(err.Error(), "bogus") {
 		t.Fatalf("Load(unknown key) = %v", err)
 	}
+}
+
+func groupOwned(t *testing.T, p string) string {
+	t.Helper()
+	if err := os.Chown(p, 0, 65534); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

@@ -20,7 +20,7 @@ const maxConfigSize = 1 << 20
 // ReadTrusted reads the config file at path if, and only if, it can be
 // trusted to steer root: an absolute path with no "." or ".." components, a
 // regular file (a symlink at the last component is refused, not followed),
-// owned by root, not writable by group or others. The checks run on the
+// owned by root:root, not writable by group or others. The checks run on the
 // opened descriptor, so the bytes returned are those of the file checked.
 //
 // An absent file returns (nil, false, nil): the caller uses the built-in
@@ -50,8 +50,8 @@ func ReadTrusted(path string) (data []byte, present bool, err error) {
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return nil, true, untrusted("not a regular file")
 	}
-	if st.Uid != 0 {
-		return nil, true, untrusted("not owned by root (owner uid %d)", st.Uid)
+	if st.Uid != 0 || st.Gid != 0 {
+		return nil, true, untrusted("not owned by root:root (owner %d:%d); run chown root:root %s", st.Uid, st.Gid, path)
 	}
 	if st.Mode&0o022 != 0 {
 		return nil, true, untrusted("group- or world-writable (mode %04o); run chmod go-w %s", st.Mode&0o7777, path)
