@@ -56,9 +56,9 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		Interval: cfg.Cluster.LeaseInterval.Duration,
 		Logger:   log,
 		Snapshot: func() store.Node {
-			budget, _ := json.Marshal(map[string]any{
-				"mem_total": capacity.Memory, "disk_total": capacity.Disk,
-				"cpus": capacity.CPUs, "cpu_max_load": cfg.Budget.CPUMaxLoad,
+			budget, _ := json.Marshal(cluster.Budget{
+				MemTotal: uint64(capacity.Memory), DiskTotal: uint64(capacity.Disk),
+				CPUs: uint32(capacity.CPUs), CPUMaxLoad: cfg.Budget.CPUMaxLoad,
 			})
 			return store.Node{
 				Name:      cfg.Cluster.NodeName,

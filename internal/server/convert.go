@@ -8,6 +8,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	hyperv1 "github.com/hypervm/hyper/api/hyper/v1"
+	"github.com/hypervm/hyper/internal/cluster"
 	"github.com/hypervm/hyper/internal/store"
 )
 
@@ -126,18 +127,6 @@ func layerToProto(l store.Layer) *hyperv1.Layer {
 	}
 }
 
-// nodeBudget is the budget snapshot a node stores with its lease.
-type nodeBudget struct {
-	MemTotal      uint64  `json:"mem_total"`
-	MemAllocated  uint64  `json:"mem_allocated"`
-	DiskTotal     uint64  `json:"disk_total"`
-	DiskAllocated uint64  `json:"disk_allocated"`
-	CPULoad       float64 `json:"cpu_load"`
-	CPUMaxLoad    float64 `json:"cpu_max_load"`
-	CPUs          uint32  `json:"cpus"`
-	VMs           uint32  `json:"vms"`
-}
-
 func (s *Server) nodeToProto(n store.Node) *hyperv1.Node {
 	out := &hyperv1.Node{
 		Name:           n.Name,
@@ -151,7 +140,7 @@ func (s *Server) nodeToProto(n store.Node) *hyperv1.Node {
 		Version:        n.Version,
 		CachedImages:   n.Images,
 	}
-	var b nodeBudget
+	var b cluster.Budget
 	if len(n.Budget) > 0 && json.Unmarshal(n.Budget, &b) == nil {
 		out.Budget = &hyperv1.Budget{
 			MemTotalBytes: b.MemTotal, MemAllocatedBytes: b.MemAllocated,

@@ -14,6 +14,7 @@ import (
 
 	hyperv1 "github.com/hypervm/hyper/api/hyper/v1"
 	"github.com/hypervm/hyper/api/hyper/v1/hyperv1connect"
+	"github.com/hypervm/hyper/internal/cluster"
 	"github.com/hypervm/hyper/internal/ids"
 	"github.com/hypervm/hyper/internal/store"
 )
@@ -40,7 +41,7 @@ func TestNodes(t *testing.T) {
 	now := time.Now()
 	c, st := newTestServer(t, now)
 	ctx := context.Background()
-	budget, _ := json.Marshal(nodeBudget{MemTotal: 8 << 30, CPUs: 2})
+	budget, _ := json.Marshal(cluster.Budget{MemTotal: 8 << 30, CPUs: 2})
 	for _, n := range []store.Node{
 		{Name: "n1", Arch: "x86_64", Driver: "qemu", Budget: budget},
 		{Name: "n2", Arch: "x86_64"},

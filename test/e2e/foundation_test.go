@@ -71,7 +71,7 @@ func TestHyperdRejectsBadConfig(t *testing.T) {
 }
 
 func TestFreshNode(t *testing.T) {
-	n := newNode(t, "")
+	n := newNode(t, "\n[budget]\nmem_max = \"3GiB\"\n")
 	n.start()
 
 	t.Run("node ls shows the local node", func(t *testing.T) {
@@ -81,11 +81,16 @@ func TestFreshNode(t *testing.T) {
 		}
 		out, _, code = n.hyper("-o", "json", "node", "get", n.name)
 		var node struct {
-			Name  string `json:"name"`
-			Alive bool   `json:"alive"`
-			Arch  string `json:"arch"`
+			Name   string `json:"name"`
+			Alive  bool   `json:"alive"`
+			Arch   string `json:"arch"`
+			Budget struct {
+				MemTotal string `json:"mem_total_bytes"`
+				CPUs     int    `json:"cpus"`
+			} `json:"budget"`
 		}
-		if code != 0 || json.Unmarshal([]byte(out), &node) != nil || node.Name != n.name || !node.Alive || node.Arch != "ARCH_X86_64" {
+		if code != 0 || json.Unmarshal([]byte(out), &node) != nil || node.Name != n.name || !node.Alive || node.Arch != "ARCH_X86_64" ||
+			node.Budget.MemTotal != "3221225472" || node.Budget.CPUs < 1 {
 			t.Fatalf("hyper node get: code %d, %+v\n%s", code, node, out)
 		}
 	})
