@@ -10,7 +10,7 @@ export CGO_ENABLED := 0
 
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/hypervm/hyper/internal/daemon.Version=$(VERSION)
-STATICCHECK_VERSION := 2025.1.1
+STATICCHECK_VERSION := v0.8.2
 
 # Packages whose tests drive the built binaries; they find them in $(BIN).
 export HYPER_TEST_BIN := $(BIN)

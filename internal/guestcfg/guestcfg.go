@@ -50,3 +50,8 @@ const (
 	MountBase     = "/run/hyper/base"
 	MountWritable = "/run/hyper/writable"
 )
+
+// RunConfigPath is where init leaves the VM's configuration in the final
+// root, on the /run tmpfs, for the agent to read after the switch: the
+// initramfs holding ConfigPath is gone by then.
+const RunConfigPath = "/run/hyper/vm.json"
