@@ -2,10 +2,14 @@
 // its guests.
 //
 // Transport: one byte stream per VM (vsock port 1024 under Firecracker, the
-// virtio-serial port "hyper.agent" under QEMU) multiplexed with yamux; the
-// host is the yamux client and opens one stream per HTTP/2 connection; the
-// guest is the yamux server and answers gRPC over HTTP/2 cleartext (prior
-// knowledge) on every stream it accepts.
+// virtio-serial port "hyper.agent" under QEMU). Each host connection starts
+// with a line handshake that resynchronises the stream (the host sends
+// "HYPER-AGENT/1 HELLO <32 hex nonce>\n", the guest skips everything before
+// it and answers "HYPER-AGENT/1 READY <nonce>\n", the host skips everything
+// before that answer), then becomes a yamux session: the host is the yamux
+// client and opens one stream per HTTP/2 connection; the guest is the yamux
+// server and answers gRPC over HTTP/2 cleartext (prior knowledge) on every
+// stream it accepts. See internal/agent for both ends.
 //
 // The messages mirror the guest part of the public API (hyper.v1) so the
 // node can relay them field by field.

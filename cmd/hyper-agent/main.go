@@ -1,0 +1,152 @@
+// Command hyper-agent is PID 1 inside every Hyper guest: it finishes the
+// guest's setup, starts the image's command as the main process, reaps
+// orphans, and serves the host over vsock (Firecracker) or a virtio-serial
+// port (QEMU) with the agent protocol (api/agent/v1).
+//
+// The same binary is the initramfs's stage-1 init, which mounts the disks,
+// switches root and executes this binary again as PID 1 of the new root.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"time"
+
+	"github.com/mdlayher/vsock"
+	"golang.org/x/sys/unix"
+
+	"github.com/hypervm/hyper/internal/agent/guestd"
+	"github.com/hypervm/hyper/internal/agent/pid1"
+	"github.com/hypervm/hyper/internal/guestcfg"
+	"github.com/hypervm/hyper/internal/guestinit"
+)
+
+func main() {
+	// In the initramfs the same binary is stage 1: it builds the root and
+	// executes itself again as PID 1 of that root.
+	if guestinit.IsStage1() {
+		guestinit.Stage1() // never returns
+	}
+	if os.Getpid() != 1 {
+		fmt.Fprintln(os.Stderr, "hyper-agent: must run as PID 1 of a Hyper guest")
+		os.Exit(2)
+	}
+	// run returns only on a fatal error; a PID 1 must never exit.
+	pid1.Fatal(run())
+}
+
+func run() error {
+	if err := pid1.MountAll(); err != nil {
+		return err
+	}
+	console := pid1.Console()
+	log := slog.New(slog.NewTextHandler(console, &slog.HandlerOptions{Level: slog.LevelInfo}))
+
+	vm, err := readConfig(guestcfg.RunConfigPath)
+	if err != nil {
+		return err
+	}
+	if err := pid1.SetHostname(vm.ID); err != nil {
+		log.Warn("hostname", "err", err)
+	}
+	if err := pid1.LoopbackUp(); err != nil {
+		log.Warn("loopback", "err", err)
+	}
+
+	// As PID 1 every orphan in the guest is ours to reap.
+	reaper := guestd.NewReaper(true)
+	srv := guestd.New(guestd.Config{
+		VMID:       vm.ID,
+		Image:      vm.Image,
+		Reaper:     reaper,
+		MainOutput: console,
+		PowerOff:   powerOff(log),
+		Logger:     log,
+	})
+	if err := srv.StartMain(); err != nil {
+		// The VM stays up so the host can read the failure from Health.
+		log.Error("main process", "err", err)
+	}
+	go forwardSignals(srv, log)
+
+	ctx := context.Background()
+	port, err := waitChannel(channelTimeout)
+	if err != nil {
+		return err
+	}
+	if port != "" {
+		log.Info("serving on virtio-serial", "port", port)
+		return srv.ServeVirtioPort(ctx, port)
+	}
+	l, err := vsock.Listen(guestcfg.AgentVsockPort, nil)
+	if err != nil {
+		return fmt.Errorf("listen on vsock port %d: %w", guestcfg.AgentVsockPort, err)
+	}
+	log.Info("serving on vsock", "port", guestcfg.AgentVsockPort)
+	return srv.ServeListener(ctx, l)
+}
+
+// channelTimeout bounds the wait for the host channel's device: drivers
+// announce virtio devices asynchronously, so it may appear shortly after
+// its module was loaded.
+const channelTimeout = 10 * time.Second
+
+// waitChannel waits for the host channel: it returns the virtio-serial port
+// named guestcfg.AgentPortName (QEMU), or "" once a virtio vsock device is
+// bound (Firecracker).
+func waitChannel(timeout time.Duration) (string, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		if port, err := guestd.FindVirtioPort("/sys", guestcfg.AgentPortName); err == nil {
+			return port, nil
+		}
+		if vsocks, _ := filepath.Glob("/sys/bus/virtio/drivers/vmw_vsock_virtio_transport/virtio*"); len(vsocks) > 0 {
+			return "", nil
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("no host channel after %v: no virtio-serial port %q and no virtio vsock device",
+				timeout, guestcfg.AgentPortName)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func readConfig(path string) (guestcfg.VM, error) {
+	var vm guestcfg.VM
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return vm, fmt.Errorf("read vm config: %w", err)
+	}
+	if err := json.Unmarshal(b, &vm); err != nil {
+		return vm, fmt.Errorf("read vm config %s: %w", path, err)
+	}
+	if vm.ID == "" {
+		return vm, fmt.Errorf("read vm config %s: id: empty", path)
+	}
+	return vm, nil
+}
+
+// forwardSignals passes the SIGTERM and SIGINT that PID 1 receives (the
+// kernel turns ctrl-alt-del into SIGINT) on to the main process.
+func forwardSignals(srv *guestd.Server, log *slog.Logger) {
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT)
+	for sig := range sigs {
+		if err := srv.SignalMain(sig.(unix.Signal)); err != nil {
+			log.Warn("forward signal", "signal", sig, "err", err)
+		}
+	}
+}
+
+func powerOff(log *slog.Logger) func(reboot bool, grace time.Duration) {
+	return func(reboot bool, grace time.Duration) {
+		log.Info("stopping all processes", "grace", grace)
+		pid1.KillAll(grace)
+		pid1.Fatal(pid1.PowerOff(reboot))
+	}
+}
