@@ -7,6 +7,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/hypervm/hyper/internal/node"
 	"github.com/hypervm/hyper/internal/store"
 )
 
@@ -29,6 +30,12 @@ var codeFor = []struct {
 	{store.ErrExhausted, connect.CodeResourceExhausted},
 	{store.ErrConflict, connect.CodeAborted},
 	{store.ErrBadPageToken, connect.CodeInvalidArgument},
+	{node.ErrNotRunning, connect.CodeFailedPrecondition},
+	{node.ErrArchMismatch, connect.CodeFailedPrecondition},
+	{node.ErrCordoned, connect.CodeFailedPrecondition},
+	{node.ErrNoBudget, connect.CodeResourceExhausted},
+	{node.ErrInvalid, connect.CodeInvalidArgument},
+	{store.ErrInvalid, connect.CodeInvalidArgument},
 	{context.Canceled, connect.CodeCanceled},
 	{context.DeadlineExceeded, connect.CodeDeadlineExceeded},
 }

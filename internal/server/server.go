@@ -16,6 +16,8 @@ import (
 
 	hyperv1 "github.com/hypervm/hyper/api/hyper/v1"
 	"github.com/hypervm/hyper/api/hyper/v1/hyperv1connect"
+	"github.com/hypervm/hyper/internal/agent"
+	"github.com/hypervm/hyper/internal/node"
 	"github.com/hypervm/hyper/internal/store"
 )
 
@@ -34,9 +36,25 @@ type Store interface {
 	ListLayers(ctx context.Context, f store.LayerFilter) ([]store.Layer, error)
 }
 
+// VMs runs the VMs of this node.
+type VMs interface {
+	// Create boots a VM and returns it Running.
+	Create(ctx context.Context, req node.CreateRequest) (store.VM, error)
+	// Stop stops a VM (idempotent) and returns its final row.
+	Stop(ctx context.Context, id string, grace time.Duration) (store.VM, error)
+	// Agent returns a client for a Running VM's guest agent; it fails with
+	// store.ErrNotFound or node.ErrNotRunning. The client is shared: do not
+	// close it.
+	Agent(ctx context.Context, id string) (*agent.Client, error)
+	// ConsoleLog returns the path of the VM's console log, which exists
+	// for running and stopped VMs alike (store.ErrNotFound otherwise).
+	ConsoleLog(ctx context.Context, id string) (string, error)
+}
+
 // Options configure a Server.
 type Options struct {
 	Store    Store
+	VMs      VMs    // nil: this node runs no VMs yet
 	Images   Images // nil: image loading is not available on this node
 	Node     string // this node's name
 	LeaseTTL time.Duration
@@ -48,6 +66,7 @@ type Options struct {
 type Server struct {
 	hyperv1connect.UnimplementedHyperHandler
 	store    Store
+	vms      VMs
 	images   Images
 	node     string
 	leaseTTL time.Duration
@@ -65,7 +84,7 @@ func New(o Options) *Server {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return &Server{store: o.Store, images: o.Images, node: o.Node, leaseTTL: o.LeaseTTL, log: o.Logger, now: o.Now}
+	return &Server{store: o.Store, vms: o.VMs, images: o.Images, node: o.Node, leaseTTL: o.LeaseTTL, log: o.Logger, now: o.Now}
 }
 
 // Handler returns the HTTP handler serving the API (gRPC, gRPC-Web and
