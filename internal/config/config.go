@@ -63,6 +63,9 @@ type Tools struct {
 	SuidHelper  string `toml:"suidhelper"`
 	QEMU        string `toml:"qemu"`
 	Mke2fs      string `toml:"mke2fs"`
+	// Agent is the static hyper-agent binary put in every guest's
+	// initramfs; empty means hyper-agent next to the hyperd binary.
+	Agent string `toml:"agent"`
 }
 
 // Jails configures the per-VM jails and cgroups.
@@ -144,7 +147,7 @@ type Disk struct {
 
 // VMM selects the VMM driver.
 type VMM struct {
-	Driver      string   `toml:"driver"`       // auto | firecracker | qemu
+	Driver      string   `toml:"driver"`       // auto | firecracker | qemu | none (serves the API, runs no VMs)
 	BootTimeout Duration `toml:"boot_timeout"` // how long to wait for the guest agent
 }
 
@@ -311,7 +314,7 @@ func (c *Config) Validate() error {
 	}
 	for key, p := range map[string]string{
 		"tools.firecracker": c.Tools.Firecracker, "tools.jailer": c.Tools.Jailer,
-		"tools.suidhelper": c.Tools.SuidHelper, "tools.qemu": c.Tools.QEMU, "tools.mke2fs": c.Tools.Mke2fs,
+		"tools.suidhelper": c.Tools.SuidHelper, "tools.qemu": c.Tools.QEMU, "tools.mke2fs": c.Tools.Mke2fs, "tools.agent": c.Tools.Agent,
 		"api.socket": c.API.Socket, "kernel.dir": c.Kernel.Dir, "kernel.vmlinuz": c.Kernel.Vmlinuz,
 		"kernel.vmlinux": c.Kernel.Vmlinux, "kernel.modules": c.Kernel.Modules, "disk.layer_dir": c.Disk.LayerDir,
 		"api.tls_cert": c.API.TLSCert, "api.tls_key": c.API.TLSKey, "api.token_file": c.API.TokenFile,
@@ -347,9 +350,9 @@ func (c *Config) Validate() error {
 		return bad("disk.clone", "must be auto, reflink or copy (got %q)", c.Disk.Clone)
 	}
 	switch c.VMM.Driver {
-	case "auto", "firecracker", "qemu":
+	case "auto", "firecracker", "qemu", "none":
 	default:
-		return bad("vmm.driver", "must be auto, firecracker or qemu (got %q)", c.VMM.Driver)
+		return bad("vmm.driver", "must be auto, firecracker, qemu or none (got %q)", c.VMM.Driver)
 	}
 	switch c.Otel.Proto {
 	case "http_protobuf", "grpc":

@@ -22,6 +22,7 @@ import (
 
 	"github.com/hypervm/hyper/internal/cluster"
 	"github.com/hypervm/hyper/internal/config"
+	"github.com/hypervm/hyper/internal/image"
 	"github.com/hypervm/hyper/internal/node"
 	"github.com/hypervm/hyper/internal/server"
 	"github.com/hypervm/hyper/internal/store"
@@ -46,24 +47,51 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	defer st.Close()
 	log.Info("store open", "engine", st.Engine())
 
+	loader, err := image.NewLoader(image.Options{ImagesDir: cfg.ImagesDir(), TmpDir: cfg.TmpDir(), Arch: node.Arch()})
+	if err != nil {
+		return fmt.Errorf("image loader: %w", err)
+	}
+	if err := loader.CleanTmp(); err != nil {
+		log.Warn("clean temporary image files", "error", err)
+	}
+
+	// The VM manager, unless this node only serves the API (driver none).
+	var (
+		vms     *node.Manager
+		usage   = func() node.Usage { return node.Usage{} }
+		drvName = "none"
+	)
 	capacity, err := node.HostCapacity(cfg)
 	if err != nil {
 		return fmt.Errorf("node capacity: %w", err)
 	}
+	if cfg.VMM.Driver != "none" {
+		opts, err := vmDeps(ctx, cfg, st, log)
+		if err != nil {
+			return err
+		}
+		vms = node.NewManager(opts)
+		usage, drvName, capacity = vms.Usage, opts.Driver.Name(), opts.Budget.Usage().Capacity
+		log.Info("vmm driver", "driver", drvName)
+	}
+
 	started := time.Now().UTC()
 	lease := &cluster.Lease{
 		Store:    st,
 		Interval: cfg.Cluster.LeaseInterval.Duration,
 		Logger:   log,
 		Snapshot: func() store.Node {
+			u := usage()
 			budget, _ := json.Marshal(cluster.Budget{
 				MemTotal: uint64(capacity.Memory), DiskTotal: uint64(capacity.Disk),
+				MemAllocated: uint64(u.Memory), DiskAllocated: uint64(u.Disk), VMs: uint32(u.VMs),
 				CPUs: uint32(capacity.CPUs), CPUMaxLoad: cfg.Budget.CPUMaxLoad,
 			})
 			return store.Node{
 				Name:      cfg.Cluster.NodeName,
 				Address:   cfg.Cluster.Advertise,
 				Arch:      node.Arch(),
+				Driver:    drvName,
 				Version:   Version,
 				StartedAt: started,
 				Budget:    budget,
@@ -74,19 +102,32 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return fmt.Errorf("register node %s: %w", cfg.Cluster.NodeName, err)
 	}
 
-	srv := server.New(server.Options{
+	g, gctx := errgroup.WithContext(ctx)
+	sopts := server.Options{
 		Store:    st,
+		Images:   &server.ImageService{Loader: loader, Store: st, Logger: log},
 		Node:     cfg.Cluster.NodeName,
 		LeaseTTL: cfg.Cluster.LeaseTTL.Duration,
 		Logger:   log,
-	})
-	handler := srv.Handler()
+	}
+	if vms != nil {
+		// Re-adopt and reclaim before serving: requests must not race the
+		// reclaim of what a previous daemon left.
+		ready := make(chan struct{})
+		g.Go(func() error { return vms.Run(gctx, func() { close(ready) }) })
+		select {
+		case <-ready:
+		case <-gctx.Done():
+			return g.Wait()
+		}
+		sopts.VMs = vms
+	}
+	handler := server.New(sopts).Handler()
 
 	listeners, err := listen(cfg)
 	if err != nil {
 		return err
 	}
-	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { lease.Run(gctx); return nil })
 	for _, l := range listeners {
 		h := handler

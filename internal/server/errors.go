@@ -7,6 +7,8 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/hypervm/hyper/internal/image"
+	"github.com/hypervm/hyper/internal/agent"
 	"github.com/hypervm/hyper/internal/node"
 	"github.com/hypervm/hyper/internal/store"
 )
@@ -36,6 +38,15 @@ var codeFor = []struct {
 	{node.ErrNoBudget, connect.CodeResourceExhausted},
 	{node.ErrInvalid, connect.CodeInvalidArgument},
 	{store.ErrInvalid, connect.CodeInvalidArgument},
+	// The VM runs but its guest agent does not answer (yet): worth a retry.
+	{agent.ErrNotReady, connect.CodeUnavailable},
+	{image.ErrInvalidReference, connect.CodeInvalidArgument},
+	{image.ErrUnsafeEntry, connect.CodeInvalidArgument},
+	{image.ErrNotFound, connect.CodeNotFound},
+	{image.ErrUnauthorized, connect.CodePermissionDenied},
+	{image.ErrNoPlatform, connect.CodeFailedPrecondition},
+	{image.ErrNoSpace, connect.CodeResourceExhausted},
+	{image.ErrCorrupt, connect.CodeDataLoss},
 	{context.Canceled, connect.CodeCanceled},
 	{context.DeadlineExceeded, connect.CodeDeadlineExceeded},
 }

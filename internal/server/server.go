@@ -127,14 +127,6 @@ func unimplemented(what, issue string) error {
 // Guest and lifecycle RPCs land with the VM lifecycle (issue 6) and forks
 // (issue 7); until then they say so instead of pretending.
 
-func (s *Server) CreateVm(context.Context, *connect.Request[hyperv1.CreateVmRequest]) (*connect.Response[hyperv1.Vm], error) {
-	return nil, unimplemented("CreateVm", "VM lifecycle, issue #6")
-}
-
-func (s *Server) StopVm(context.Context, *connect.Request[hyperv1.StopVmRequest]) (*connect.Response[hyperv1.StopVmResponse], error) {
-	return nil, unimplemented("StopVm", "VM lifecycle, issue #6")
-}
-
 func (s *Server) ForkVm(context.Context, *connect.Request[hyperv1.ForkVmRequest]) (*connect.Response[hyperv1.ForkVmResponse], error) {
 	return nil, unimplemented("ForkVm", "forks, issue #7")
 }
@@ -145,28 +137,4 @@ func (s *Server) SnapshotVm(context.Context, *connect.Request[hyperv1.SnapshotVm
 
 func (s *Server) DeleteLayer(context.Context, *connect.Request[hyperv1.DeleteLayerRequest]) (*connect.Response[hyperv1.DeleteLayerResponse], error) {
 	return nil, unimplemented("DeleteLayer", "forks, issue #7")
-}
-
-func (s *Server) GetVmLogs(context.Context, *connect.Request[hyperv1.GetVmLogsRequest], *connect.ServerStream[hyperv1.GetVmLogsResponse]) error {
-	return unimplemented("GetVmLogs", "VM lifecycle, issue #6")
-}
-
-func (s *Server) Exec(context.Context, *connect.BidiStream[hyperv1.ExecRequest, hyperv1.ExecResponse]) error {
-	return unimplemented("Exec", "VM lifecycle, issue #6")
-}
-
-func (s *Server) ReadFile(context.Context, *connect.Request[hyperv1.ReadFileRequest], *connect.ServerStream[hyperv1.ReadFileResponse]) error {
-	return unimplemented("ReadFile", "VM lifecycle, issue #6")
-}
-
-func (s *Server) WriteFile(context.Context, *connect.ClientStream[hyperv1.WriteFileRequest]) (*connect.Response[hyperv1.WriteFileResponse], error) {
-	return nil, unimplemented("WriteFile", "VM lifecycle, issue #6")
-}
-
-func (s *Server) ListDir(context.Context, *connect.Request[hyperv1.ListDirRequest]) (*connect.Response[hyperv1.ListDirResponse], error) {
-	return nil, unimplemented("ListDir", "VM lifecycle, issue #6")
-}
-
-func (s *Server) Stat(context.Context, *connect.Request[hyperv1.StatRequest]) (*connect.Response[hyperv1.StatResponse], error) {
-	return nil, unimplemented("Stat", "VM lifecycle, issue #6")
 }

@@ -117,6 +117,10 @@ func newNode(t *testing.T, extra string) *node {
 	n.socket = filepath.Join(n.workDir, "hyperd.sock")
 	n.config = filepath.Join(dir, "config.toml")
 	cfg := fmt.Sprintf("work_dir = %q\n\n[cluster]\nnode_name = %q\nlease_interval = \"1s\"\nlease_ttl = \"3s\"\n%s", n.workDir, n.name, extra)
+	if !strings.Contains(extra, "[vmm]") {
+		// Without a [vmm] section the node serves the API and runs no VMs.
+		cfg += "\n[vmm]\ndriver = \"none\"\n"
+	}
 	if err := os.WriteFile(n.config, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
