@@ -32,7 +32,16 @@ func (a *app) vmExecCmd() *cobra.Command {
 		Short: "Run a command in a VM; exits with the command's exit code",
 		Args:  cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			start := &hyperv1.ExecStart{VmId: args[0], Argv: args[1:], Cwd: cwd, User: user, Tty: tty}
+			argv := args[1:]
+			// Flags stop at the VM id, so a "--" after it arrives as an
+			// argument; it only separates, as docker's does.
+			if argv[0] == "--" {
+				argv = argv[1:]
+			}
+			if len(argv) == 0 {
+				return fmt.Errorf("no command given: hyper vm exec VM -- CMD [ARGS...]")
+			}
+			start := &hyperv1.ExecStart{VmId: args[0], Argv: argv, Cwd: cwd, User: user, Tty: tty}
 			if len(env) > 0 {
 				start.Env = map[string]string{}
 				for _, kv := range env {

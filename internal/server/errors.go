@@ -7,8 +7,8 @@ import (
 
 	"connectrpc.com/connect"
 
-	"github.com/hypervm/hyper/internal/image"
 	"github.com/hypervm/hyper/internal/agent"
+	"github.com/hypervm/hyper/internal/image"
 	"github.com/hypervm/hyper/internal/node"
 	"github.com/hypervm/hyper/internal/store"
 )

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -90,7 +91,26 @@ type node struct {
 	socket  string
 	name    string
 	cmd     *exec.Cmd
-	log     *bytes.Buffer
+	exited  chan struct{}
+	log     *syncBuffer
+}
+
+// syncBuffer is a bytes.Buffer the daemon writes while the test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // newNode prepares a work dir and a root-owned config; extra is appended to
@@ -140,41 +160,54 @@ func (n *node) hyperdCmd(args ...string) *exec.Cmd {
 	return cmd
 }
 
-// start runs hyperd and waits for its socket.
+// start runs hyperd and waits until it serves.
 func (n *node) start() {
 	n.t.Helper()
-	n.log = &bytes.Buffer{}
-	n.cmd = n.hyperdCmd()
-	n.cmd.Stdout, n.cmd.Stderr = n.log, n.log
-	if err := n.cmd.Start(); err != nil {
+	n.log = &syncBuffer{}
+	cmd := n.hyperdCmd()
+	cmd.Stdout, cmd.Stderr = n.log, n.log
+	if err := cmd.Start(); err != nil {
 		n.t.Fatal(err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- n.cmd.Wait() }()
+	exited := make(chan struct{})
+	var waitErr error
+	go func() { waitErr = cmd.Wait(); close(exited) }()
+	n.cmd, n.exited = cmd, exited
 	n.t.Cleanup(func() {
-		_ = n.cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-exited:
-		case <-time.After(10 * time.Second):
-			_ = n.cmd.Process.Kill()
+			return
+		default:
+		}
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(15 * time.Second):
+			_ = cmd.Process.Kill()
 			<-exited
-			n.t.Errorf("hyperd did not stop on SIGTERM within 10s; log:\n%s", n.log)
+			n.t.Errorf("hyperd did not stop on SIGTERM within 15s; log:\n%s", n.log)
 		}
 	})
-	deadline := time.Now().Add(20 * time.Second)
+	// A node that runs VMs builds its initramfs and disk templates first.
+	deadline := time.Now().Add(3 * time.Minute)
 	for time.Now().Before(deadline) {
-		if fi, err := os.Stat(n.socket); err == nil && fi.Mode()&os.ModeSocket != 0 {
-			if strings.Contains(n.log.String(), "hyperd ready") {
-				return
-			}
+		if strings.Contains(n.log.String(), "hyperd ready") {
+			return
 		}
 		select {
-		case err := <-exited:
-			n.t.Fatalf("hyperd exited early: %v; log:\n%s", err, n.log)
+		case <-exited:
+			n.t.Fatalf("hyperd exited early: %v; log:\n%s", waitErr, n.log)
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	n.t.Fatalf("hyperd not ready after 20s; log:\n%s", n.log)
+	n.t.Fatalf("hyperd not ready after 3m; log:\n%s", n.log)
+}
+
+// kill SIGKILLs hyperd, as a crash would.
+func (n *node) kill() {
+	n.t.Helper()
+	_ = n.cmd.Process.Kill()
+	<-n.exited
 }
 
 // hyper runs the CLI against the node and returns stdout, stderr and the

@@ -1,0 +1,361 @@
+// Command bench measures a Hyper guest's boot under the QEMU driver: the
+// time from the driver's start (writing the VM's initrd included) to the
+// agent's Health answer, against the same kernel booted bare by QEMU with a
+// one-line init that prints and powers off, in the same run, alternating.
+// It prints each sample, the medians and their ratio.
+package main
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/hypervm/hyper/internal/agent"
+	"github.com/hypervm/hyper/internal/config"
+	"github.com/hypervm/hyper/internal/guest"
+	"github.com/hypervm/hyper/internal/guestcfg"
+	"github.com/hypervm/hyper/internal/units"
+	"github.com/hypervm/hyper/internal/vmm"
+	"github.com/hypervm/hyper/internal/vmm/qemu"
+)
+
+func main() {
+	n := flag.Int("n", 5, "iterations of each boot")
+	kernelDir := flag.String("kernel-dir", "/var/cache/hyper-test/kernel", "guest kernel cache")
+	qemuBin := flag.String("qemu", config.DefaultQEMU, "qemu-system-x86_64")
+	accel := flag.String("accel", qemu.AccelAuto, "auto, kvm or tcg")
+	agentBin := flag.String("agent", "", "hyper-agent binary (default: build ./cmd/hyper-agent)")
+	flag.StringVar(&bootArgs, "boot-args", "", "extra kernel command line for both boots (e.g. loglevel=7 to see where time goes)")
+	flag.BoolVar(&verbose, "v", false, "print where each hyper boot's time went")
+	flag.BoolVar(&standIn, "stand-in", false, "boot the driver tests' stand-in agent and time its first answer instead of hyper-agent's Health")
+	flag.Parse()
+	if err := run(*n, *kernelDir, *qemuBin, *accel, *agentBin); err != nil {
+		fmt.Fprintln(os.Stderr, "bench-boot:", err)
+		os.Exit(1)
+	}
+}
+
+var (
+	bootArgs string
+	verbose  bool
+	standIn  bool
+)
+
+func run(n int, kernelDir, qemuBin, accel, agentBin string) error {
+	ctx := context.Background()
+	work, err := os.MkdirTemp("", "hyper-bench-boot-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+
+	p, err := guest.NewProvider(config.Kernel{Dir: kernelDir})
+	if err != nil {
+		return err
+	}
+	k, err := p.Kernel(ctx)
+	if err != nil {
+		return err
+	}
+	if agentBin == "" {
+		agentBin = filepath.Join(work, "hyper-agent")
+		pkg := "./cmd/hyper-agent"
+		if standIn {
+			pkg = "./internal/vmm/qemu/internal/testagent"
+		} else if err := runsStage1(pkg); err != nil {
+			return err
+		}
+		if err := goBuild(agentBin, pkg); err != nil {
+			return err
+		}
+	}
+	bareBin := filepath.Join(work, "bareinit")
+	if err := goBuild(bareBin, "./internal/vmm/qemu/internal/bareinit"); err != nil {
+		return err
+	}
+	initfs, err := guest.BuildInitramfs(filepath.Join(work, "initramfs"), k, agentBin, guest.InitramfsOptions{})
+	if err != nil {
+		return err
+	}
+	bareInitrd := filepath.Join(work, "bare.cpio")
+	if err := writeBareInitrd(bareInitrd, bareBin); err != nil {
+		return err
+	}
+	base := filepath.Join(work, "base.ext4")
+	if err := busyboxDisk(base, filepath.Join(work, "root")); err != nil {
+		return err
+	}
+	d, err := qemu.New(qemu.Options{QEMU: qemuBin, Accel: accel})
+	if err != nil {
+		return err
+	}
+	boot, err := d.Boot(ctx, k.Vmlinuz)
+	if err != nil {
+		return err
+	}
+	fi, _ := os.Stat(initfs.Path)
+	fmt.Printf("kernel %s, accel %s, initramfs %.1f MiB, cmdline %q\n", k.Release, boot.Accel, float64(fi.Size())/(1<<20), boot.Cmdline(""))
+
+	var bare, ours []time.Duration
+	for i := range n {
+		b, err := bareBoot(ctx, qemuBin, boot, k, bareInitrd)
+		if err != nil {
+			return fmt.Errorf("bare boot %d: %w", i, err)
+		}
+		o, err := hyperBoot(ctx, d, k, initfs, base, filepath.Join(work, fmt.Sprintf("vm%d", i)))
+		if err != nil {
+			return fmt.Errorf("hyper boot %d: %w", i, err)
+		}
+		fmt.Printf("  #%d  bare %7.3fs   hyper %7.3fs\n", i+1, b.Seconds(), o.Seconds())
+		bare, ours = append(bare, b), append(ours, o)
+	}
+	mb, mo := median(bare), median(ours)
+	fmt.Printf("median: bare %.3fs, hyper (driver start -> agent Health) %.3fs, ratio %.3f (target <= 1.15)\n",
+		mb.Seconds(), mo.Seconds(), mo.Seconds()/mb.Seconds())
+	return nil
+}
+
+func goBuild(out, pkg string) error {
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", out, pkg)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build %s: %w: %s", pkg, err, b)
+	}
+	return nil
+}
+
+// runsStage1 checks that the agent at pkg can boot from the initramfs.
+func runsStage1(pkg string) error {
+	out, err := exec.Command("go", "list", "-deps", pkg).Output()
+	if err != nil {
+		return fmt.Errorf("go list %s: %w", pkg, err)
+	}
+	if !strings.Contains(string(out), "github.com/hypervm/hyper/internal/guestinit\n") {
+		return fmt.Errorf("%s does not call guestinit.Stage1, so it cannot boot from the initramfs; pass -agent BINARY or -stand-in", pkg)
+	}
+	return nil
+}
+
+func writeBareInitrd(path, init string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	bin, err := os.Open(init)
+	if err != nil {
+		return err
+	}
+	defer bin.Close()
+	fi, err := bin.Stat()
+	if err != nil {
+		return err
+	}
+	w := guest.NewCPIOWriter(f)
+	for _, err := range []error{
+		w.Dir("dev", 0o755),
+		w.CharDev("dev/console", 0o600, 5, 1),
+		w.File("init", 0o755, bin, fi.Size()),
+		w.Close(),
+	} {
+		if err != nil {
+			return err
+		}
+	}
+	return f.Close()
+}
+
+// bareBoot runs QEMU in the foreground with the same machine and command
+// line and times it from exec to the init's line on the serial console.
+func bareBoot(ctx context.Context, qemuBin string, b qemu.Boot, k *guest.Kernel, initrd string) (time.Duration, error) {
+	cpu := "max"
+	if b.Accel == qemu.AccelKVM {
+		cpu = "host"
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, qemuBin, "-M", "microvm", "-accel", b.Accel, "-cpu", cpu, "-smp", "1", "-m", "256M",
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-kernel", k.Vmlinuz, "-initrd", initrd, "-append", b.Cmdline(bootArgs), "-serial", "stdio")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return 0, err
+	}
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return 0, err
+	}
+	var took time.Duration
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		if strings.Contains(sc.Text(), "bare-init: up") {
+			took = time.Since(start)
+			break
+		}
+	}
+	io.Copy(io.Discard, out)
+	if err := cmd.Wait(); err != nil {
+		return 0, fmt.Errorf("qemu: %w", err)
+	}
+	if took == 0 {
+		return 0, fmt.Errorf("the bare init never printed")
+	}
+	return took, nil
+}
+
+func hyperBoot(ctx context.Context, d *qemu.Driver, k *guest.Kernel, initfs *guest.Initramfs, base, dir string) (time.Duration, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return 0, err
+	}
+	writable := filepath.Join(dir, "writable.ext4")
+	if err := mkfs(writable, ""); err != nil {
+		return 0, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	start := time.Now()
+	initrd := filepath.Join(dir, "initrd")
+	cfg := &guestcfg.VM{ID: filepath.Base(dir), BaseDevice: vmm.BaseDevice, WritableDevice: vmm.WritableDevice}
+	if err := initfs.WriteInitrd(initrd, cfg); err != nil {
+		return 0, err
+	}
+	v, err := d.Start(ctx, vmm.Config{ID: cfg.ID, Dir: dir, Kernel: *k, Initrd: initrd, BaseDisk: base,
+		WritableDisk: writable, VCPUs: 1, Memory: 256 * units.MiB, BootArgs: bootArgs})
+	if err != nil {
+		return 0, err
+	}
+	defer v.Stop(context.WithoutCancel(ctx))
+	started := time.Since(start)
+	var marks <-chan string
+	if verbose {
+		wctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		marks = watchConsole(wctx, v.ConsolePath(), start, "hyper-init: root ready", "serving on")
+	}
+	if standIn {
+		err = standInAnswer(ctx, v)
+	} else {
+		err = health(ctx, v)
+	}
+	if err != nil {
+		console, _ := os.ReadFile(v.ConsolePath())
+		return 0, fmt.Errorf("%w; console:\n%s", err, console)
+	}
+	took := time.Since(start)
+	if verbose {
+		fmt.Printf("      hyper: vmm started %.3fs, %s, agent answered %.3fs\n", started.Seconds(), <-marks, took.Seconds())
+	}
+	if bootArgs != "" {
+		console, _ := os.ReadFile(v.ConsolePath())
+		fmt.Printf("console of %s:\n%s\n", cfg.ID, console)
+	}
+	return took, nil
+}
+
+func health(ctx context.Context, v vmm.VM) error {
+	c, err := agent.Dial(ctx, v.DialAgent)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_, err = c.Health(ctx)
+	return err
+}
+
+// standInAnswer sends the stand-in agent one request and waits for its
+// answer, which comes once the guest has booted.
+func standInAnswer(ctx context.Context, v vmm.VM) error {
+	c, err := v.DialAgent(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	if _, err := io.WriteString(c, `{"argv":["true"]}`+"\n"); err != nil {
+		return err
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if !strings.Contains(line, `"code":0`) {
+		return fmt.Errorf("stand-in agent: %s", line)
+	}
+	return nil
+}
+
+// watchConsole polls the console log and reports when each marker first
+// appeared, relative to start.
+func watchConsole(ctx context.Context, path string, start time.Time, markers ...string) <-chan string {
+	out := make(chan string, 1)
+	go func() {
+		seen := map[string]time.Duration{}
+		for len(seen) < len(markers) && ctx.Err() == nil {
+			b, _ := os.ReadFile(path)
+			for _, m := range markers {
+				if _, ok := seen[m]; !ok && strings.Contains(string(b), m) {
+					seen[m] = time.Since(start)
+				}
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+		var parts []string
+		for _, m := range markers {
+			parts = append(parts, fmt.Sprintf("%q %.3fs", m, seen[m].Seconds()))
+		}
+		out <- strings.Join(parts, ", ")
+	}()
+	return out
+}
+
+func busyboxDisk(path, root string) error {
+	for _, dir := range []string{"bin", "etc", "tmp", "root"} {
+		if err := os.MkdirAll(filepath.Join(root, dir), 0o755); err != nil {
+			return err
+		}
+	}
+	data, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		return fmt.Errorf("needs a static /bin/busybox (Debian busybox-static): %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "bin/busybox"), data, 0o755); err != nil {
+		return err
+	}
+	if err := os.Symlink("busybox", filepath.Join(root, "bin/sh")); err != nil {
+		return err
+	}
+	return mkfs(path, root)
+}
+
+func mkfs(path, root string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	f.Truncate(1 << 30)
+	f.Close()
+	args := []string{"-t", "ext4", "-q", "-F"}
+	if root != "" {
+		args = append(args, "-d", root)
+	}
+	if b, err := exec.Command(config.DefaultMke2fs, append(args, path)...).CombinedOutput(); err != nil {
+		return fmt.Errorf("mke2fs %s: %w: %s", path, err, b)
+	}
+	return nil
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
