@@ -401,4 +401,6 @@ func (c *Config) SQLitePath() string { return filepath.Join(c.WorkDir, "hyper.db
 // DiskTemplatesDir caches empty writable-disk templates. It is under
 // work_dir, on the same filesystem as VMsDir, so disks are reflinked from
 // it where the filesystem allows.
-func (c *Config) DiskTemplatesDir() string { return filepath.Join(c.WorkDir, "cache", "disk-templates") }
+func (c *Config) DiskTemplatesDir() string {
+	return filepath.Join(c.WorkDir, "cache", "disk-templates")
+}
