@@ -19,7 +19,7 @@ export HYPER_TEST_BIN := $(BIN)
 all: build
 
 build:
-	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/hyperd ./cmd/hyper
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/hyperd ./cmd/hyper ./cmd/hyper-agent
 
 deps:
 	hack/deps.sh
@@ -37,7 +37,7 @@ lint:
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 
 install: build helper install-helper
-	install -m 0755 $(BIN)/hyperd $(BIN)/hyper $(PREFIX)/bin/
+	install -m 0755 $(BIN)/hyperd $(BIN)/hyper $(BIN)/hyper-agent $(PREFIX)/bin/
 
 # Clone to a running node: packages, build, install, the hyper user, a
 # default root-owned config, hyperd started as that user, and the result.

@@ -63,13 +63,40 @@ cd /
 runuser -u "$USER_NAME" -- /usr/local/bin/hyperd --config "$CONFIG" >>"$LOG" 2>&1 &
 echo $! >"$PIDFILE"
 socket="$work_dir/hyperd.sock"
-for _ in $(seq 100); do
-	[ -S "$socket" ] && break
+echo "starting hyperd (the first start fetches and verifies the guest kernel; log: $LOG)"
+for _ in $(seq 3000); do
+	[ -S "$socket" ] && grep -q "hyperd ready" "$LOG" && break
 	kill -0 "$(cat "$PIDFILE")" 2>/dev/null || { echo "hyperd exited; last log lines:"; tail -n 20 "$LOG"; exit 1; }
 	sleep 0.1
 done
 [ -S "$socket" ] || { echo "hyperd did not open $socket; see $LOG"; exit 1; }
-echo "hyperd is running as $USER_NAME (pid $(cat "$PIDFILE")), API on unix://$socket, log in $LOG"
+echo "hyperd is running as $USER_NAME (pid $(cat "$PIDFILE")), API on unix://$socket"
 echo
-echo "\$ hyper node ls"
-hyper node ls
+
+run() {
+	echo "\$ $*"
+	"$@"
+}
+
+run hyper node ls
+echo
+
+# A small real image, built from Debian's busybox-static.
+image_tar=/var/lib/hyper-demo/busybox.tar
+install -d -m 0755 /var/lib/hyper-demo
+[ -f "$image_tar" ] || "$(dirname "$0")/busybox-image.sh" "$image_tar"
+echo "\$ hyper image load docker-archive:$image_tar"
+image=$(hyper image load -q "docker-archive:$image_tar")
+echo "$image"
+echo
+echo "\$ hyper vm create --image ${image:0:12}... --type micro"
+vm=$(hyper vm create -q --image "$image" --type micro)
+echo "$vm"
+echo
+run hyper vm exec "$vm" -- uname -a
+run hyper vm exec "$vm" -- cat /etc/os-release
+echo
+run hyper vm ls
+run hyper vm stop "$vm"
+echo
+echo "hyperd keeps running; stop it with: make demo-stop"

@@ -388,6 +388,18 @@ func TestExecEnvAndCwd(t *testing.T) {
 	}
 }
 
+func TestExecUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("running a process as another user needs root (CI runs tests as root)")
+	}
+	e := newGuestEnv(t)
+	s := startExec(t, testCtx(t), e.api, &hyperv1.ExecStart{VmId: e.running, Argv: []string{"sh", "-c", "id -u; id -g"}, User: "65534:65534"})
+	s.send(closeStdin())
+	if exit := s.mustWait(); exit.GetCode() != 0 || s.stdout.String() != "65534\n65534\n" {
+		t.Errorf("exit %v stdout %q stderr %q; want uid and gid 65534", exit, s.stdout.String(), s.stderr.String())
+	}
+}
+
 func TestExecRefusals(t *testing.T) {
 	e := newGuestEnv(t)
 	ctx := testCtx(t)

@@ -55,9 +55,9 @@ func ProbeKVM(ctx context.Context, qemu, vmlinuz string, timeout time.Duration) 
 		return false, nil
 	}
 	f.Close()
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	probeCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, qemu,
+	cmd := exec.CommandContext(probeCtx, qemu,
 		"-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", "128M",
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-kernel", vmlinuz, "-append", "console=ttyS0 panic=-1",
@@ -70,7 +70,11 @@ func ProbeKVM(ctx context.Context, qemu, vmlinuz string, timeout time.Duration) 
 		return false, fmt.Errorf("kvm probe: %w", err)
 	}
 	werr := cmd.Wait()
-	if ctx.Err() != nil {
+	if err := ctx.Err(); err != nil {
+		// The caller gave up: no verdict.
+		return false, fmt.Errorf("kvm probe: %w", err)
+	}
+	if probeCtx.Err() != nil {
 		return false, nil
 	}
 	if werr != nil && !strings.Contains(out.String(), panicMarker) {
