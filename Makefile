@@ -27,7 +27,8 @@ deps:
 # The whole suite, as CI runs it: packages, a throwaway PostgreSQL so the
 # store suite runs on both engines, then every test.
 test: deps build helper
-	@url=$$(hack/postgres.sh start /tmp/hyper-test-pg | tail -n 1) && \
+	@out=$$(hack/postgres.sh start /tmp/hyper-test-pg) && url=$${out##*$$'\n'} && \
+	  case "$$url" in postgres://*) ;; *) echo "no PostgreSQL URL from hack/postgres.sh: $$out"; exit 1;; esac && \
 	  echo "PostgreSQL for tests: $$url" && \
 	  HYPER_TEST_POSTGRES_URL=$$url $(GO) test -p 2 -timeout 40m -count=1 ./...
 

@@ -3,6 +3,7 @@
 # unprivileged `hyper` user, configured by a root-owned /etc/hyper/config.toml,
 # then shows what it can do. `hack/demo.sh stop` stops it.
 set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
 
 CONFIG=/etc/hyper/config.toml
 USER_NAME=hyper
@@ -84,7 +85,7 @@ echo
 # A small real image, built from Debian's busybox-static.
 image_tar=/var/lib/hyper-demo/busybox.tar
 install -d -m 0755 /var/lib/hyper-demo
-[ -f "$image_tar" ] || "$(dirname "$0")/busybox-image.sh" "$image_tar"
+[ -f "$image_tar" ] || "$here/busybox-image.sh" "$image_tar"
 echo "\$ hyper image load docker-archive:$image_tar"
 image=$(hyper image load -q "docker-archive:$image_tar")
 echo "$image"
