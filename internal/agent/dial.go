@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"syscall"
@@ -78,6 +79,11 @@ func vsockHandshake(ctx context.Context, c net.Conn, port uint32) error {
 				// Firecracker closes the connection when nothing in the
 				// guest listens on the port yet.
 				return fmt.Errorf("vsock handshake: port %d: connection closed after %q: %w", port, line, ErrNotReady)
+			}
+			if errors.Is(err, os.ErrDeadlineExceeded) && ctx.Err() == nil {
+				// Firecracker did not answer in time; the boot deadline,
+				// not this read, decides when to give up.
+				return fmt.Errorf("vsock handshake: port %d: no answer within 5s: %w", port, ErrNotReady)
 			}
 			return fmt.Errorf("vsock handshake: port %d: %w", port, markNotReady(err))
 		}

@@ -223,7 +223,10 @@ func (i *Initramfs) WriteInitrd(dst string, vm *guestcfg.VM) error {
 		return fmt.Errorf("write initrd %s: shared initramfs: %w", dst, err)
 	}
 	defer src.Close()
-	f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	// 0644: the setuid helper hands the initrd to a jailed VMM only if
+	// it is readable by others and writable by no one else (the VM's
+	// directory, 0750, keeps it from other users).
+	f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return fmt.Errorf("write initrd: %w", err)
 	}

@@ -79,7 +79,7 @@ vmlinux = %q
 modules = %q
 
 %s
-`, n.workDir, vn.helper, agentBin, toolsExtra(vmmSection), cgroup, n.name, k.Vmlinuz, k.Vmlinux, k.Modules, vmmSection)
+`, n.workDir, vn.helper, agentBin, toolsExtra(vmmSection), cgroup, n.name, k.Vmlinuz, k.Vmlinux, k.Modules, withoutTools(vmmSection))
 	cfg = strings.Replace(cfg, "[vmm]\n", "[vmm]\nboot_timeout = \"180s\"\n", 1)
 	must(t, os.WriteFile(n.config, []byte(cfg), 0o644))
 	t.Cleanup(func() { vn.checkNoLeaks(t) })
@@ -92,6 +92,17 @@ func toolsExtra(section string) string {
 	for _, l := range strings.Split(section, "\n") {
 		if strings.HasPrefix(l, "tools.") {
 			out = append(out, strings.TrimPrefix(l, "tools."))
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// withoutTools is the vmm section less its "tools." lines.
+func withoutTools(section string) string {
+	var out []string
+	for _, l := range strings.Split(section, "\n") {
+		if !strings.HasPrefix(l, "tools.") {
+			out = append(out, l)
 		}
 	}
 	return strings.Join(out, "\n")
@@ -142,9 +153,20 @@ func (vn *vmNode) createVM(t *testing.T, args ...string) string {
 	t.Helper()
 	out, stderr, code := vn.hyper(append([]string{"vm", "create", "-q", "--image", vn.imageID, "--type", "micro"}, args...)...)
 	if code != 0 {
-		t.Fatalf("vm create: %d %s%s\nhyperd log:\n%s", code, out, stderr, vn.log)
+		t.Fatalf("vm create: %d %s%s\nhyperd log:\n%s\nconsoles:\n%s", code, out, stderr, vn.log, vn.consoles())
 	}
 	return strings.TrimSpace(out)
+}
+
+// consoles returns the kept console logs of the node's VMs.
+func (vn *vmNode) consoles() string {
+	var b strings.Builder
+	logs, _ := filepath.Glob(filepath.Join(vn.workDir, "logs", "*.log"))
+	for _, l := range logs {
+		data, _ := os.ReadFile(l)
+		fmt.Fprintf(&b, "--- %s\n%s\n", filepath.Base(l), data)
+	}
+	return b.String()
 }
 
 // checkNoLeaks asserts that nothing a VM uses outlives the test: no VM
@@ -181,7 +203,8 @@ func (vn *vmNode) checkNoLeaks(t *testing.T) {
 	}
 }
 
-// processesUnder lists pids whose command line mentions dir.
+// processesUnder lists pids whose command line mentions dir or whose
+// working directory is below it (a jailed VMM runs in its jail).
 func processesUnder(dir string) []int {
 	entries, _ := os.ReadDir("/proc")
 	var pids []int
@@ -191,19 +214,31 @@ func processesUnder(dir string) []int {
 			continue
 		}
 		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err == nil && bytes.Contains(b, []byte(dir)) {
+		cwd, _ := os.Readlink(filepath.Join("/proc", e.Name(), "cwd"))
+		if err == nil && bytes.Contains(b, []byte(dir)) || strings.HasPrefix(cwd, dir+"/") {
 			pids = append(pids, pid)
 		}
 	}
 	return pids
 }
 
-// qemuPid finds the QEMU process of a VM.
+// vmmPid finds the VMM process of a VM: QEMU (named hyper-<id>) or
+// Firecracker (started with --id <id>).
 func (vn *vmNode) vmmPid(t *testing.T, id string) int {
 	t.Helper()
-	for _, pid := range processesUnder(filepath.Join(vn.workDir, "vms", id)) {
-		b, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "comm"))
-		if s := strings.TrimSpace(string(b)); strings.HasPrefix(s, "qemu") || strings.HasPrefix(s, "hyper-") || s == "firecracker" {
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		comm, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "comm"))
+		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		name := strings.TrimSpace(string(comm))
+		if !bytes.Contains(cmdline, []byte(id)) {
+			continue
+		}
+		if strings.HasPrefix(name, "hyper-v") || name == "firecracker" {
 			return pid
 		}
 	}

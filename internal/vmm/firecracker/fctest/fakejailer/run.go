@@ -109,6 +109,12 @@ func Run(a *Args, argv []string) error {
 	if err := writeRecord(filepath.Join(jailDir, RecordFile), rec); err != nil {
 		return err
 	}
+	// Enter the jail before dropping privileges, as the real jailer's
+	// chroot does: the jail's ancestors need not be searchable by the VM's
+	// uid (hyperd's work_dir is not).
+	if err := unix.Chdir(root); err != nil {
+		return fmt.Errorf("enter the jail: %w", err)
+	}
 	if isRoot {
 		if err := unix.Setgroups(nil); err != nil {
 			return fmt.Errorf("drop supplementary groups: %w", err)
@@ -120,10 +126,9 @@ func Run(a *Args, argv []string) error {
 			return fmt.Errorf("setuid %d: %w", a.UID, err)
 		}
 	}
-	if err := unix.Chdir(root); err != nil {
-		return fmt.Errorf("enter the jail: %w", err)
-	}
-	err := syscall.Exec(target, rec.Exec, []string{})
+	// Relative to the jail, as the real jailer execs /<exec-file> in its
+	// chroot.
+	err := syscall.Exec("./"+exeName, rec.Exec, []string{})
 	return fmt.Errorf("exec %s: %w", target, err)
 }
 
