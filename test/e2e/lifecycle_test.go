@@ -53,6 +53,16 @@ func runLifecycle(t *testing.T, vn *vmNode) {
 		if code != 0 || out != "from stdin\n" {
 			t.Fatalf("stdin: %d %q", code, out)
 		}
+		// A PTY session: the command sees a terminal, and an interactive
+		// shell reads its input from it.
+		out, _, code = vn.hyper("vm", "exec", "-t", id, "--", "tty")
+		if code != 0 || !strings.HasPrefix(strings.TrimSpace(out), "/dev/pts/") {
+			t.Fatalf("tty: %d %q", code, out)
+		}
+		out, _, code = vn.hyperIn("echo $((6*7))\nexit 5\n", "vm", "exec", "-i", "-t", id, "--", "sh")
+		if code != 5 || !strings.Contains(out, "42") {
+			t.Fatalf("interactive sh over a pty: %d %q", code, out)
+		}
 		_, stderr, code = vn.hyper("vm", "exec", id, "--", "/no/such/binary")
 		if code == 0 || !strings.Contains(stderr, "not_found") {
 			t.Fatalf("missing binary: %d %q", code, stderr)
