@@ -75,7 +75,7 @@ func vmDeps(ctx context.Context, cfg *config.Config, st *store.Store, log *slog.
 	if err != nil {
 		return o, fmt.Errorf("writable disks: %w", err)
 	}
-	o.Disks = maker
+	o.Disks, o.Cloner = maker, cloner
 
 	o.Driver, err = driver(ctx, cfg, st, hc, k.Vmlinuz, log)
 	if err != nil {

@@ -40,6 +40,8 @@ var liveStates = []string{StateCreating, StateBooting, StateRunning, StateCrashe
 type Store interface {
 	GetImage(ctx context.Context, id string) (store.Image, error)
 	GetLayer(ctx context.Context, id string) (store.Layer, error)
+	PutLayer(ctx context.Context, l store.Layer) (store.Layer, error)
+	DeleteLayer(ctx context.Context, id string) error
 	GetNode(ctx context.Context, name string) (store.Node, error)
 
 	CreateVM(ctx context.Context, vm store.VM) (store.VM, error)
@@ -81,6 +83,7 @@ type Options struct {
 	Driver    vmm.Driver
 	Helper    Privileged
 	Disks     Disks
+	Cloner    Cloner
 	Initramfs Initrd
 	Kernel    guest.Kernel
 	Budget    *Budget
@@ -131,6 +134,9 @@ type machine struct {
 	crashes  []time.Time
 	stopped  chan struct{} // closed when the supervisor returns
 	cancel   context.CancelFunc
+	// quiesce is held while the VM is frozen for a clone, so two forks
+	// of one VM never thaw each other's freeze.
+	quiesce sync.Mutex
 }
 
 // NewManager returns a manager; Run starts it.
@@ -165,16 +171,28 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (store.VM, erro
 	if err != nil {
 		return store.VM{}, err
 	}
+	makeDisk := func(ctx context.Context, path string) error { return m.o.Disks.Create(ctx, path, typ.Disk) }
+	if req.LayerID != "" {
+		if makeDisk, err = m.fromLayer(req.LayerID, typ); err != nil {
+			return store.VM{}, err
+		}
+	}
 	id := ids.NewVM()
-	log := m.log.With("vm_id", id, "op", "create")
-	res := Reservation{Memory: typ.CgroupMemory(), Disk: typ.Disk}
-	if err := m.o.Budget.Reserve(id, res); err != nil {
+	if err := m.o.Budget.Reserve(id, reservation(typ)); err != nil {
 		return store.VM{}, fmt.Errorf("create vm: %w", err)
 	}
+	return m.create(ctx, id, req, typ, image, makeDisk)
+}
+
+// create boots the VM id, whose budget is reserved, with the writable disk
+// makeDisk makes at the path it is given.
+func (m *Manager) create(ctx context.Context, id string, req CreateRequest, typ instance.Type, image store.Image,
+	makeDisk func(ctx context.Context, path string) error) (store.VM, error) {
+	log := m.log.With("vm_id", id, "op", "create")
 	row := store.VM{
 		ID: id, Node: m.o.Node, ImageID: image.ID, LayerID: req.LayerID,
 		InstanceType: typ.Name, Arch: req.Arch, BootArgs: req.BootArgs,
-		Labels: req.Labels, State: StateCreating,
+		Labels: withParent(req.Labels, req.ParentID), State: StateCreating,
 	}
 	if req.TTL > 0 {
 		exp := time.Now().Add(req.TTL).UTC()
@@ -216,7 +234,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (store.VM, erro
 		return fail("make vm dir", err)
 	}
 	disk := filepath.Join(dir, diskFile)
-	if err := m.o.Disks.Create(ctx, disk, typ.Disk); err != nil {
+	if err := makeDisk(ctx, disk); err != nil {
 		return fail("make writable disk", err)
 	}
 	initrd := filepath.Join(dir, initrdFile)
@@ -274,6 +292,11 @@ func (m *Manager) validate(ctx context.Context, req CreateRequest) (instance.Typ
 		return typ, image, fmt.Errorf("%w: %s", ErrCordoned, m.o.Node)
 	}
 	return typ, image, nil
+}
+
+// reservation is the budget share of a VM of type typ.
+func reservation(typ instance.Type) Reservation {
+	return Reservation{Memory: typ.CgroupMemory(), Disk: typ.Disk}
 }
 
 // imageConfig turns a stored OCI config subset into the guest's.

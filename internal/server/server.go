@@ -14,7 +14,6 @@ import (
 	"connectrpc.com/grpchealth"
 	"connectrpc.com/grpcreflect"
 
-	hyperv1 "github.com/hypervm/hyper/api/hyper/v1"
 	"github.com/hypervm/hyper/api/hyper/v1/hyperv1connect"
 	"github.com/hypervm/hyper/internal/agent"
 	"github.com/hypervm/hyper/internal/node"
@@ -49,6 +48,13 @@ type VMs interface {
 	// ConsoleLog returns the path of the VM's console log, which exists
 	// for running and stopped VMs alike (store.ErrNotFound otherwise).
 	ConsoleLog(ctx context.Context, id string) (string, error)
+	// Fork boots count children of a Running VM on copy-on-write clones
+	// of its disk, all or nothing.
+	Fork(ctx context.Context, parentID string, count int, labels map[string]string) ([]store.VM, error)
+	// Snapshot freezes a Running VM's disk state into a new layer.
+	Snapshot(ctx context.Context, id, label string) (store.Layer, error)
+	// DeleteLayer removes a layer nothing uses (store.ErrInUse otherwise).
+	DeleteLayer(ctx context.Context, id string) error
 }
 
 // Options configure a Server.
@@ -122,19 +128,4 @@ func logInterceptor(log *slog.Logger) connect.UnaryInterceptorFunc {
 func unimplemented(what, issue string) error {
 	return connect.NewError(connect.CodeUnimplemented,
 		errorf("%s is not implemented on this node yet (%s)", what, issue))
-}
-
-// Guest and lifecycle RPCs land with the VM lifecycle (issue 6) and forks
-// (issue 7); until then they say so instead of pretending.
-
-func (s *Server) ForkVm(context.Context, *connect.Request[hyperv1.ForkVmRequest]) (*connect.Response[hyperv1.ForkVmResponse], error) {
-	return nil, unimplemented("ForkVm", "forks, issue #7")
-}
-
-func (s *Server) SnapshotVm(context.Context, *connect.Request[hyperv1.SnapshotVmRequest]) (*connect.Response[hyperv1.Layer], error) {
-	return nil, unimplemented("SnapshotVm", "forks, issue #7")
-}
-
-func (s *Server) DeleteLayer(context.Context, *connect.Request[hyperv1.DeleteLayerRequest]) (*connect.Response[hyperv1.DeleteLayerResponse], error) {
-	return nil, unimplemented("DeleteLayer", "forks, issue #7")
 }

@@ -27,6 +27,19 @@ func labelKeyOK(k string) bool {
 	return true
 }
 
+// checkLabels validates the labels of a request.
+func checkLabels(labels map[string]string) error {
+	for k, v := range labels {
+		if !labelKeyOK(k) {
+			return invalid("labels", "key %q: want 1-63 of [a-z0-9._/-]", k)
+		}
+		if len(v) > 255 {
+			return invalid("labels", "value of %q is longer than 255 bytes", k)
+		}
+	}
+	return nil
+}
+
 func (s *Server) CreateVm(ctx context.Context, req *connect.Request[hyperv1.CreateVmRequest]) (*connect.Response[hyperv1.Vm], error) {
 	m := req.Msg
 	r := node.CreateRequest{BootArgs: m.GetBootArgs(), Labels: m.GetLabels()}
@@ -54,13 +67,8 @@ func (s *Server) CreateVm(ctx context.Context, req *connect.Request[hyperv1.Crea
 		return nil, invalid("arch", "required: ARCH_X86_64 or ARCH_AARCH64 (got %v)", m.GetArch())
 	}
 	r.Arch = arch
-	for k, v := range m.GetLabels() {
-		if !labelKeyOK(k) {
-			return nil, invalid("labels", "key %q: want 1-63 of [a-z0-9._/-]", k)
-		}
-		if len(v) > 255 {
-			return nil, invalid("labels", "value of %q is longer than 255 bytes", k)
-		}
+	if err := checkLabels(m.GetLabels()); err != nil {
+		return nil, err
 	}
 	if len(m.GetBootArgs()) > 2048 {
 		return nil, invalid("boot_args", "longer than 2048 bytes")
