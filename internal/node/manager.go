@@ -114,6 +114,8 @@ type Manager struct {
 	// (the Firecracker jailer does), so the manager moves it in.
 	joinsCgroup bool
 
+	claimMu sync.Mutex // serialises uid claims
+
 	mu   sync.Mutex
 	vms  map[string]*machine
 	life context.Context // supervisors' lifetime; set by Run
@@ -221,7 +223,11 @@ func (m *Manager) create(ctx context.Context, id string, req CreateRequest, typ 
 		return store.VM{}, err
 	}
 
+	// Only this node claims its uids, so claims are serialised here: in the
+	// store concurrent claims of the lowest free uid collide and retry.
+	m.claimMu.Lock()
 	uid, err := m.o.Store.ClaimUID(ctx, m.o.Node, id, m.cfg.Jails.UIDMin(), m.cfg.Jails.UIDMax())
+	m.claimMu.Unlock()
 	if err != nil {
 		return fail("claim uid", err)
 	}

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"strings"
 	"time"
 
 	"connectrpc.com/connect"
@@ -32,6 +33,9 @@ func checkLabels(labels map[string]string) error {
 	for k, v := range labels {
 		if !labelKeyOK(k) {
 			return invalid("labels", "key %q: want 1-63 of [a-z0-9._/-]", k)
+		}
+		if strings.HasPrefix(k, "hyper.") {
+			return invalid("labels", "key %q: the hyper. prefix is reserved for labels Hyper sets", k)
 		}
 		if len(v) > 255 {
 			return invalid("labels", "value of %q is longer than 255 bytes", k)

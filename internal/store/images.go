@@ -118,7 +118,8 @@ func (s *Store) ListImages(ctx context.Context) ([]Image, error) {
 }
 
 // DeleteImage removes an image's row. It is refused with an *InUseError
-// while layers are built on it or VMs that are not stopped run from it.
+// while layers are built on it or VMs run from it (stopped, failed and lost
+// VMs hold no disk, so they do not count).
 func (s *Store) DeleteImage(ctx context.Context, id string) error {
 	err := s.inTx(ctx, func(c conn) error {
 		// Locking the row makes a concurrent CreateVM or PutLayer on this
@@ -132,7 +133,7 @@ func (s *Store) DeleteImage(ctx context.Context, id string) error {
 			return err
 		}
 		users, err := collectUsers(ctx, c, id,
-			userQuery{"vm", `SELECT id FROM vms WHERE image_id = ? AND state <> 'stopped' ORDER BY id`},
+			userQuery{"vm", `SELECT id FROM vms WHERE image_id = ? AND state NOT IN ('stopped', 'failed', 'lost') ORDER BY id`},
 			userQuery{"layer", `SELECT id FROM layers WHERE image_id = ? ORDER BY id`})
 		if err != nil {
 			return err
@@ -295,7 +296,7 @@ func (s *Store) ListLayers(ctx context.Context, f LayerFilter) ([]Layer, error) 
 }
 
 // DeleteLayer removes a layer's row. It is refused with an *InUseError
-// while child layers or VMs that are not stopped use it.
+// while child layers or VMs use it (stopped, failed and lost VMs do not).
 func (s *Store) DeleteLayer(ctx context.Context, id string) error {
 	err := s.inTx(ctx, func(c conn) error {
 		var found string
@@ -307,7 +308,7 @@ func (s *Store) DeleteLayer(ctx context.Context, id string) error {
 			return err
 		}
 		users, err := collectUsers(ctx, c, id,
-			userQuery{"vm", `SELECT id FROM vms WHERE layer_id = ? AND state <> 'stopped' ORDER BY id`},
+			userQuery{"vm", `SELECT id FROM vms WHERE layer_id = ? AND state NOT IN ('stopped', 'failed', 'lost') ORDER BY id`},
 			userQuery{"layer", `SELECT id FROM layers WHERE parent_id = ? ORDER BY id`})
 		if err != nil {
 			return err

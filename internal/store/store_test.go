@@ -578,6 +578,9 @@ func testDeleteImage(t *testing.T, e engine) {
 	createVM(t, s, store.VM{ID: "v-run", ImageID: "img", State: "running"})
 	createVM(t, s, store.VM{ID: "v-crash", ImageID: "img", State: "crashed"})
 	createVM(t, s, store.VM{ID: "v-stop", ImageID: "img", State: "stopped"})
+	// Failed and lost VMs hold no disk: they do not pin the image.
+	createVM(t, s, store.VM{ID: "v-failed", ImageID: "img", State: "failed"})
+	createVM(t, s, store.VM{ID: "v-lost", ImageID: "img", State: "lost"})
 	createVM(t, s, store.VM{ID: "v-other", ImageID: "other", State: "running"})
 
 	wantInUse(t, s.DeleteImage(ctx, "img"), "image", "img", "vm v-crash", "vm v-run", "layer l1")

@@ -23,6 +23,7 @@ import (
 	"github.com/hypervm/hyper/internal/guest/guesttest"
 	"github.com/hypervm/hyper/internal/guestcfg"
 	"github.com/hypervm/hyper/internal/helper"
+	"github.com/hypervm/hyper/internal/instance"
 	"github.com/hypervm/hyper/internal/units"
 	"github.com/hypervm/hyper/internal/vmm"
 	"github.com/hypervm/hyper/internal/vmm/firecracker"
@@ -91,14 +92,18 @@ func jailUID() uint32 {
 // it places the files itself and runs the jailer stand-in directly with
 // the argv the helper's jailer op builds.
 type fakeJail struct {
-	t        testing.TB
-	work     string // work_dir: jails/, vms/, images/
-	kernel   string
-	bins     fctest.Binaries
-	cgroups  []string // extra --cgroup values
-	mu       sync.Mutex
-	calls    []string
-	launched []*exec.Cmd
+	t       testing.TB
+	work    string // work_dir: jails/, vms/, images/
+	kernel  string
+	bins    fctest.Binaries
+	cgroups []string // extra --cgroup values
+	// cgroupVersion and parentCgroup are the jailer's --cgroup-version
+	// and --parent-cgroup; 2 and hyper-test when unset.
+	cgroupVersion int
+	parentCgroup  string
+	mu            sync.Mutex
+	calls         []string
+	launched      []*exec.Cmd
 }
 
 func (f *fakeJail) call(s string) {
@@ -182,9 +187,16 @@ func place(src, dst string) error {
 
 func (f *fakeJail) JailerCommand(ctx context.Context, vm string, uid, gid uint32, netns string) (*exec.Cmd, error) {
 	f.call("jailer " + vm)
+	version, parent := f.cgroupVersion, f.parentCgroup
+	if version == 0 {
+		version = 2
+	}
+	if parent == "" {
+		parent = "hyper-test"
+	}
 	args := []string{"--id", vm, "--exec-file", f.bins.Firecracker,
 		"--uid", strconv.FormatUint(uint64(uid), 10), "--gid", strconv.FormatUint(uint64(gid), 10),
-		"--chroot-base-dir", filepath.Join(f.work, "jails"), "--cgroup-version", "2", "--parent-cgroup", "hyper-test"}
+		"--chroot-base-dir", filepath.Join(f.work, "jails"), "--cgroup-version", strconv.Itoa(version), "--parent-cgroup", parent}
 	for _, c := range f.cgroups {
 		args = append(args, "--cgroup", c)
 	}
@@ -613,6 +625,10 @@ func realGuest(t *testing.T, id string) (*env, vmm.Config, vmm.VM) {
 	}
 	e := newEnv(t, k.Vmlinux)
 	c := e.vmConfig(t, id)
+	// The smallest instance type, in the cgroup the node would give it.
+	typ := instance.All()[0]
+	c.Memory = typ.Memory
+	capMemory(t, e, c.ID, typ)
 	busyboxImage(t, c.BaseDisk)
 	writableDisk(t, c.WritableDisk)
 	os.Remove(c.Initrd)
@@ -640,6 +656,71 @@ func realGuest(t *testing.T, id string) (*env, vmm.Config, vmm.VM) {
 		}
 	})
 	return e, c, v
+}
+
+// capMemory has the jailer cap VM id's memory cgroup as the node caps a VM
+// of type typ (the guest's memory plus instance.VMMOverhead), so that a stand-in needing
+// more than real Firecracker fails here, with the reason, rather than as a
+// guest that dies on its own under hyperd. It needs root and a cgroup
+// hierarchy with the memory controller, and leaves the VM uncapped
+// without them.
+func capMemory(t *testing.T, e *env, id string, typ instance.Type) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Log("not root: the VM's memory is not capped")
+		return
+	}
+	version, base, file, _, ok := memoryHierarchy()
+	if !ok {
+		t.Log("no cgroup hierarchy with the memory controller: the VM's memory is not capped")
+		return
+	}
+	parent := fmt.Sprintf("hyper-fctest-%d", os.Getpid())
+	e.jail.cgroupVersion, e.jail.parentCgroup = version, parent
+	e.jail.cgroups = append(e.jail.cgroups, file+"="+strconv.FormatInt(int64(typ.CgroupMemory()), 10))
+	dir := filepath.Join(base, parent, id)
+	t.Cleanup(func() {
+		if n := oomKills(version, dir); n > 0 {
+			t.Errorf("the kernel OOM-killed %d process(es) in %s: the stand-ins need more than the guest's %v plus %v",
+				n, dir, typ.Memory, instance.VMMOverhead)
+		}
+		for _, pid := range e.jail.pids() {
+			killTree(pid)
+		}
+		// The cgroup can go once its last process is reaped.
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			err := os.Remove(dir)
+			if err == nil || errors.Is(err, os.ErrNotExist) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("remove cgroup: %v", err)
+				return
+			}
+		}
+		// Another VM of the test may still use the parent.
+		os.Remove(filepath.Join(base, parent))
+	})
+}
+
+// oomKills reads how many processes the kernel OOM-killed in the memory
+// cgroup dir (cgroup v1 memory.oom_control, v2 memory.events).
+func oomKills(version int, dir string) int {
+	file := "memory.events"
+	if version == 1 {
+		file = "memory.oom_control"
+	}
+	b, err := os.ReadFile(filepath.Join(dir, file))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if n, ok := strings.CutPrefix(line, "oom_kill "); ok {
+			v, _ := strconv.Atoi(strings.TrimSpace(n))
+			return v
+		}
+	}
+	return 0
 }
 
 // dialAgent waits for the guest's agent through the VM's vsock socket.

@@ -80,6 +80,19 @@ func hostTSCKHz() int64 {
 	return 0
 }
 
+// tcgCacheMiB caps QEMU's TCG translation cache (-accel tcg,tb-size=).
+//
+// The node caps a VM's memory cgroup at the guest's memory plus
+// instance.VMMOverhead (64 MiB), which real Firecracker, a few MiB beside
+// the guest's memory, fits in with room to spare. The stand-in and its
+// QEMU live in that cgroup too, and QEMU's cache of translated guest code
+// defaults to up to 1 GiB, filled as the guest runs new code: past boot
+// it outgrows the overhead and the kernel OOM-kills QEMU, which looks like
+// a guest that dies on its own. With 24 MiB the stand-in stays well inside
+// the overhead; 16 MiB already makes the guest visibly slower (the cache
+// is flushed and refilled too often).
+const tcgCacheMiB = 24
+
 // qmpTimeout bounds QEMU's start up to a working QMP socket.
 const qmpTimeout = 10 * time.Second
 
@@ -92,7 +105,7 @@ func (q *QEMU) Args(spec BootSpec) []string {
 	fd := 3
 	next := func() string { p := "/proc/self/fd/" + strconv.Itoa(fd); fd++; return p }
 	args := []string{q.bin,
-		"-M", "microvm", "-accel", "tcg", "-cpu", "max",
+		"-M", "microvm", "-accel", "tcg,tb-size=" + strconv.Itoa(tcgCacheMiB), "-cpu", "max",
 		"-smp", strconv.Itoa(spec.VCPUs), "-m", strconv.FormatInt(spec.MemMiB, 10) + "M",
 		// A guest reset ends QEMU as it ends Firecracker; a guest power-off
 		// only stops QEMU, as it only halts Firecracker's vCPUs on x86
