@@ -658,12 +658,12 @@ func realGuest(t *testing.T, id string) (*env, vmm.Config, vmm.VM) {
 	return e, c, v
 }
 
-// capMemory has the jailer cap VM id's memory cgroup as the node caps a VM
-// of type typ (the guest's memory plus instance.VMMOverhead), so that a stand-in needing
-// more than real Firecracker fails here, with the reason, rather than as a
-// guest that dies on its own under hyperd. It needs root and a cgroup
-// hierarchy with the memory controller, and leaves the VM uncapped
-// without them.
+// capMemory has the jailer cap VM id's memory cgroup as the node caps a
+// VM of type typ (the guest's memory plus instance.VMMOverhead), so that a
+// stand-in needing more than real Firecracker fails here, with the reason,
+// rather than as a guest that dies on its own under hyperd. It needs root
+// and a cgroup hierarchy with the memory controller, and leaves the VM
+// uncapped without them.
 func capMemory(t *testing.T, e *env, id string, typ instance.Type) {
 	t.Helper()
 	if os.Geteuid() != 0 {

@@ -220,6 +220,9 @@ func (b Boot) Cmdline(extra string) string {
 	return s
 }
 
+// tcgCacheMiB caps QEMU's TCG translation cache (-accel tcg,tb-size=).
+const tcgCacheMiB = 24
+
 // Args is QEMU's command line for c.
 func Args(qemu string, b Boot, c vmm.Config) []string {
 	dir := c.Dir
@@ -233,15 +236,22 @@ func Args(qemu string, b Boot, c vmm.Config) []string {
 		}
 		return s
 	}
-	cpu := "max"
+	cpu, accel := "max", b.Accel
 	if b.Accel == AccelKVM {
 		cpu = "host"
+	} else {
+		// QEMU's cache of translated guest code defaults to up to 1 GiB;
+		// QEMU lives in the VM's cgroup, capped at guest memory plus
+		// instance.VMMOverhead, so an unbounded cache gets QEMU OOM-killed
+		// as the guest runs new code. 24 MiB keeps it inside the overhead
+		// without visibly slowing the guest (16 MiB does).
+		accel += ",tb-size=" + strconv.Itoa(tcgCacheMiB)
 	}
 	return []string{
 		qemu,
 		"-name", c.ID + ",process=hyper-" + c.ID,
 		"-M", "microvm",
-		"-accel", b.Accel,
+		"-accel", accel,
 		"-cpu", cpu,
 		"-smp", strconv.Itoa(c.VCPUs),
 		"-m", strconv.FormatInt(int64(c.Memory/units.MiB), 10) + "M",
