@@ -19,6 +19,12 @@ if [ "${1:-}" = "--bench" ]; then
 	packages+=(debootstrap skopeo umoci)
 fi
 
+# The guest kernel is fetched with `apt-get download`, which needs package
+# lists even when every package above is installed.
+if ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then
+	apt-get update -qq
+fi
+
 missing=()
 for p in "${packages[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
