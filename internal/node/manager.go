@@ -251,11 +251,7 @@ func (m *Manager) create(ctx context.Context, id string, req CreateRequest, typ 
 	if err := m.o.Helper.CreateCgroup(ctx, id, typ.VCPUs, uint64(typ.CgroupMemory())); err != nil {
 		return fail("create cgroup", err)
 	}
-	mc.spec = vmm.Config{
-		ID: id, Dir: dir, Kernel: m.o.Kernel, Initrd: initrd,
-		BaseDisk: filepath.Join(m.cfg.ImagesDir(), image.ID+".ext4"), WritableDisk: disk,
-		VCPUs: typ.VCPUCount(), Memory: typ.Memory, DiskBandwidth: typ.DiskBW, BootArgs: req.BootArgs,
-	}
+	mc.spec = m.spec(row, typ)
 	if _, err := m.o.Store.UpdateVMState(ctx, id, []string{StateCreating}, StateBooting, ""); err != nil {
 		return fail("record booting", err)
 	}
@@ -298,6 +294,18 @@ func (m *Manager) validate(ctx context.Context, req CreateRequest) (instance.Typ
 		return typ, image, fmt.Errorf("%w: %s", ErrCordoned, m.o.Node)
 	}
 	return typ, image, nil
+}
+
+// spec is a VM's VMM configuration. It derives from the VM's row alone, so a
+// VM re-adopted after a daemon restart is restarted exactly as it was
+// created.
+func (m *Manager) spec(vm store.VM, typ instance.Type) vmm.Config {
+	dir := m.cfg.VMDir(vm.ID)
+	return vmm.Config{
+		ID: vm.ID, Dir: dir, Kernel: m.o.Kernel, Initrd: filepath.Join(dir, initrdFile),
+		BaseDisk: filepath.Join(m.cfg.ImagesDir(), vm.ImageID+".ext4"), WritableDisk: filepath.Join(dir, diskFile),
+		VCPUs: typ.VCPUCount(), Memory: typ.Memory, DiskBandwidth: typ.DiskBW, BootArgs: vm.BootArgs,
+	}
 }
 
 // reservation is the budget share of a VM of type typ.

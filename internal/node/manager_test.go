@@ -436,6 +436,21 @@ func TestReadoptAndReclaim(t *testing.T) {
 	if u := m2.Usage(); u.VMs != 1 {
 		t.Fatalf("budget after re-adoption: %+v", u)
 	}
+	// A re-adopted VM that crashes is restarted as it was created.
+	h.driver.Crash(survivor.ID)
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		vm := waitState(t, h.store, survivor.ID, StateRunning, StateFailed)
+		if vm.State == StateFailed {
+			t.Fatalf("re-adopted vm failed on restart: %s", vm.LastError)
+		}
+		if vm.Restarts >= 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("re-adopted vm was not restarted")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	if _, err := m2.Stop(ctx, survivor.ID, time.Second); err != nil {
 		t.Fatal(err)
 	}

@@ -78,15 +78,18 @@ func (m *Manager) readopt(ctx context.Context) error {
 	for _, row := range rows {
 		log := m.log.With("vm_id", row.ID, "op", "readopt")
 		typ, terr := instance.Lookup(row.InstanceType)
-		if terr == nil {
-			if err := m.o.Budget.Reserve(row.ID, Reservation{Memory: typ.CgroupMemory(), Disk: typ.Disk}); err != nil {
-				log.Warn("budget for re-adopted vm", "error", err)
-			}
+		if terr != nil {
+			// A row this version cannot read: never guess its resources.
+			log.Error("unknown instance type; leaving the vm alone", "type", row.InstanceType)
+			continue
+		}
+		if err := m.o.Budget.Reserve(row.ID, reservation(typ)); err != nil {
+			log.Warn("budget for re-adopted vm", "error", err)
 		}
 		vm, err := m.o.Driver.Attach(ctx, row.ID, m.cfg.VMDir(row.ID))
 		switch {
 		case err == nil && (row.State == StateRunning || row.State == StateCrashed):
-			mc := &machine{id: row.ID, uid: row.UID, vm: vm, stopped: make(chan struct{})}
+			mc := &machine{id: row.ID, uid: row.UID, vm: vm, spec: m.spec(row, typ), stopped: make(chan struct{})}
 			if cerr := m.connect(ctx, mc, 30*time.Second); cerr != nil {
 				log.Warn("re-adopted vm's agent does not answer; the supervisor will restart it if its vmm dies", "error", cerr)
 			}
