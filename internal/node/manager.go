@@ -94,6 +94,9 @@ type Options struct {
 	CrashWindow time.Duration
 	// RestartBackoff is the first restart delay; it doubles per crash.
 	RestartBackoff time.Duration
+	// ExpiryInterval is how often VMs created with a TTL are checked for
+	// expiry; default 5 s.
+	ExpiryInterval time.Duration
 }
 
 // File names in a VM's directory.
@@ -154,6 +157,9 @@ func NewManager(o Options) *Manager {
 	}
 	if o.RestartBackoff == 0 {
 		o.RestartBackoff = 500 * time.Millisecond
+	}
+	if o.ExpiryInterval == 0 {
+		o.ExpiryInterval = 5 * time.Second
 	}
 	return &Manager{
 		o:           o,

@@ -155,6 +155,7 @@ func (h *harness) manager(capacity Capacity) *Manager {
 		Config: h.cfg, Node: "n1", Store: h.store, Driver: h.driver, Helper: h.helper,
 		Disks: fakeDisks{}, Initramfs: initrdWriter{}, Kernel: guest.Kernel{Vmlinuz: "/boot/vmlinuz"},
 		Budget: NewBudget(capacity), RestartBackoff: time.Millisecond, CrashWindow: time.Minute, MaxCrashes: 2,
+		ExpiryInterval: 20 * time.Millisecond,
 	})
 }
 
@@ -482,5 +483,31 @@ func TestConcurrentCreatesShareTheBudget(t *testing.T) {
 	}
 	if ok != 2 {
 		t.Fatalf("%d creates succeeded; want 2", ok)
+	}
+}
+
+func TestTTLStopsTheVM(t *testing.T) {
+	h := newHarness(t)
+	m := h.manager(roomy)
+	h.run(m)
+	r := h.req()
+	r.TTL = 100 * time.Millisecond
+	vm, err := m.Create(context.Background(), r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vm.ExpiresAt == nil {
+		t.Fatal("no expiry recorded")
+	}
+	keep, err := m.Create(context.Background(), h.req())
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, h.store, vm.ID, StateStopped)
+	if l := h.leftovers(vm.ID); len(l) > 0 {
+		t.Fatalf("expired vm left %v", l)
+	}
+	if got := waitState(t, h.store, keep.ID, StateRunning); got.State != StateRunning {
+		t.Fatalf("vm without a ttl is %s", got.State)
 	}
 }

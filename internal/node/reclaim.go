@@ -36,6 +36,8 @@ func (m *Manager) Run(ctx context.Context, ready func()) error {
 	}
 	t := time.NewTicker(ReapInterval)
 	defer t.Stop()
+	expiry := time.NewTicker(m.o.ExpiryInterval)
+	defer expiry.Stop()
 	var previous map[string]bool
 	for {
 		select {
@@ -43,12 +45,32 @@ func (m *Manager) Run(ctx context.Context, ready func()) error {
 			m.wg.Wait()
 			m.closeAgents()
 			return nil
+		case now := <-expiry.C:
+			m.expire(ctx, now)
 		case <-t.C:
 			next, err := m.sweep(ctx, previous, false)
 			if err != nil {
 				m.log.Warn("reaper pass incomplete", "op", "reap", "error", err)
 			}
 			previous = next
+		}
+	}
+}
+
+// expire stops the VMs whose TTL has run out.
+func (m *Manager) expire(ctx context.Context, now time.Time) {
+	rows, err := m.nodeVMs(ctx)
+	if err != nil {
+		m.log.Warn("list vms for expiry", "op", "expire", "error", err)
+		return
+	}
+	for _, row := range rows {
+		if row.ExpiresAt == nil || now.Before(*row.ExpiresAt) || row.State != StateRunning {
+			continue
+		}
+		m.log.Info("ttl expired; stopping vm", "vm_id", row.ID, "op", "expire", "expires_at", *row.ExpiresAt)
+		if _, err := m.Stop(ctx, row.ID, 5*time.Second); err != nil {
+			m.log.Warn("stop expired vm", "vm_id", row.ID, "op", "expire", "error", err)
 		}
 	}
 }
