@@ -2,9 +2,11 @@ package server
 
 import (
 	"context"
+	"time"
 
 	"connectrpc.com/connect"
 
+	agentv1 "github.com/hypervm/hyper/api/agent/v1"
 	hyperv1 "github.com/hypervm/hyper/api/hyper/v1"
 	"github.com/hypervm/hyper/internal/ids"
 	"github.com/hypervm/hyper/internal/store"
@@ -19,7 +21,43 @@ func (s *Server) GetVm(ctx context.Context, req *connect.Request[hyperv1.GetVmRe
 	if err != nil {
 		return nil, apiError(err)
 	}
-	return connect.NewResponse(vmToProto(vm)), nil
+	out := vmToProto(vm)
+	out.Main = s.mainProcess(ctx, vm)
+	return connect.NewResponse(out), nil
+}
+
+// mainProcess asks a running VM's agent how the image's command is doing.
+// It is best effort: a VM whose agent does not answer quickly is reported
+// without it.
+func (s *Server) mainProcess(ctx context.Context, vm store.VM) *hyperv1.MainProcess {
+	if s.vms == nil || vm.Node != s.node || vm.State != "running" {
+		return nil
+	}
+	c, err := s.vms.Agent(ctx, vm.ID)
+	if err != nil {
+		return nil
+	}
+	hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	h, err := c.Health(hctx)
+	if err != nil {
+		return nil
+	}
+	mp := h.GetMain()
+	out := &hyperv1.MainProcess{}
+	switch mp.GetState() {
+	case agentv1.MainProcess_STATE_RUNNING:
+		out.Running = true
+	case agentv1.MainProcess_STATE_EXITED:
+		out.Exited = true
+		out.ExitCode = mp.GetExit().GetCode()
+		out.Signal = mp.GetExit().GetSignal()
+	case agentv1.MainProcess_STATE_FAILED:
+		out.Exited, out.ExitCode = true, -1
+	default:
+		return nil
+	}
+	return out
 }
 
 func (s *Server) ListVms(ctx context.Context, req *connect.Request[hyperv1.ListVmsRequest]) (*connect.Response[hyperv1.ListVmsResponse], error) {

@@ -30,6 +30,11 @@ func runLifecycle(t *testing.T, vn *vmNode) {
 		if s := vn.vmState(t, id); s != "running" {
 			t.Fatalf("state %s", s)
 		}
+		// The image's own command ran as the main process and exited 0.
+		out, _, code = vn.hyper("-o", "json", "vm", "get", id)
+		if code != 0 || !strings.Contains(out, `"exited": true`) || strings.Contains(out, `"exit_code"`) {
+			t.Fatalf("main process not reported as exited with 0:\n%s", out)
+		}
 		out, _, _ = vn.hyper("node", "ls")
 		if !strings.Contains(out, "qemu") && !strings.Contains(out, "firecracker") {
 			t.Fatalf("node ls does not show the driver:\n%s", out)
