@@ -42,7 +42,7 @@ type LayerFilter struct {
 
 const imageColumns = `id, ref, label, digest, arch, size, config, created_at`
 
-func scanImage(row interface{ Scan(...any) error }) (Image, error) {
+func scanImage(row scanner) (Image, error) {
 	var im Image
 	err := row.Scan(&im.ID, &im.Ref, &im.Label, &im.Digest, &im.Arch, &im.Size, jsonCol{&im.Config}, timeCol{&im.CreatedAt})
 	return im, err
@@ -98,20 +98,8 @@ func (s *Store) GetImage(ctx context.Context, id string) (Image, error) {
 
 // ListImages returns every image ordered by id.
 func (s *Store) ListImages(ctx context.Context) ([]Image, error) {
-	rows, err := s.conn().query(ctx, `SELECT `+imageColumns+` FROM images ORDER BY id`)
+	images, err := queryAll(ctx, s.conn(), scanImage, `SELECT `+imageColumns+` FROM images ORDER BY id`)
 	if err != nil {
-		return nil, fmt.Errorf("list images: %w", err)
-	}
-	defer rows.Close()
-	var images []Image
-	for rows.Next() {
-		im, err := scanImage(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list images: %w", err)
-		}
-		images = append(images, im)
-	}
-	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("list images: %w", err)
 	}
 	return images, nil
@@ -160,30 +148,22 @@ type userQuery struct {
 func collectUsers(ctx context.Context, c conn, id string, queries ...userQuery) ([]string, error) {
 	var users []string
 	for _, uq := range queries {
-		rows, err := c.query(ctx, uq.query, id)
-		if err != nil {
-			return nil, err
-		}
-		for rows.Next() {
+		found, err := queryAll(ctx, c, func(r scanner) (string, error) {
 			var user string
-			if err := rows.Scan(&user); err != nil {
-				rows.Close()
-				return nil, err
-			}
-			users = append(users, uq.kind+" "+user)
-		}
-		err = rows.Err()
-		rows.Close()
+			err := r.Scan(&user)
+			return uq.kind + " " + user, err
+		}, uq.query, id)
 		if err != nil {
 			return nil, err
 		}
+		users = append(users, found...)
 	}
 	return users, nil
 }
 
 const layerColumns = `id, parent_id, image_id, node, label, size, created_at`
 
-func scanLayer(row interface{ Scan(...any) error }) (Layer, error) {
+func scanLayer(row scanner) (Layer, error) {
 	var (
 		l      Layer
 		parent sql.NullString
@@ -276,20 +256,8 @@ func (s *Store) ListLayers(ctx context.Context, f LayerFilter) ([]Layer, error) 
 		query += ` AND node = ?`
 		args = append(args, f.Node)
 	}
-	rows, err := s.conn().query(ctx, query+` ORDER BY id`, args...)
+	layers, err := queryAll(ctx, s.conn(), scanLayer, query+` ORDER BY id`, args...)
 	if err != nil {
-		return nil, fmt.Errorf("list layers: %w", err)
-	}
-	defer rows.Close()
-	var layers []Layer
-	for rows.Next() {
-		l, err := scanLayer(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list layers: %w", err)
-		}
-		layers = append(layers, l)
-	}
-	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("list layers: %w", err)
 	}
 	return layers, nil

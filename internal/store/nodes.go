@@ -29,7 +29,7 @@ type Node struct {
 
 const nodeColumns = `name, address, renewed_at, budget, images, cordoned, arch, driver, version, started_at`
 
-func scanNode(row interface{ Scan(...any) error }) (Node, error) {
+func scanNode(row scanner) (Node, error) {
 	var n Node
 	err := row.Scan(&n.Name, &n.Address, timeCol{&n.RenewedAt}, jsonCol{&n.Budget}, jsonValue{&n.Images},
 		&n.Cordoned, &n.Arch, &n.Driver, &n.Version, zeroTimeCol{&n.StartedAt})
@@ -93,20 +93,8 @@ func (s *Store) GetNode(ctx context.Context, name string) (Node, error) {
 
 // ListNodes returns every node, live or not, ordered by name.
 func (s *Store) ListNodes(ctx context.Context) ([]Node, error) {
-	rows, err := s.conn().query(ctx, `SELECT `+nodeColumns+` FROM nodes ORDER BY name`)
+	nodes, err := queryAll(ctx, s.conn(), scanNode, `SELECT `+nodeColumns+` FROM nodes ORDER BY name`)
 	if err != nil {
-		return nil, fmt.Errorf("list nodes: %w", err)
-	}
-	defer rows.Close()
-	var nodes []Node
-	for rows.Next() {
-		n, err := scanNode(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list nodes: %w", err)
-		}
-		nodes = append(nodes, n)
-	}
-	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("list nodes: %w", err)
 	}
 	return nodes, nil

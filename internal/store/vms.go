@@ -69,7 +69,7 @@ const (
 const vmColumns = `id, node, image_id, layer_id, instance_type, arch, boot_args, labels, state, last_error,
 	restarts, uid, created_at, started_at, stopped_at, expires_at`
 
-func scanVM(row interface{ Scan(...any) error }) (VM, error) {
+func scanVM(row scanner) (VM, error) {
 	var (
 		vm  VM
 		uid int64
@@ -208,20 +208,8 @@ func (s *Store) ListVMs(ctx context.Context, f VMFilter) ([]VM, string, error) {
 	query += ` ORDER BY id LIMIT ?`
 	args = append(args, size+1)
 
-	rows, err := s.conn().query(ctx, query, args...)
+	vms, err := queryAll(ctx, s.conn(), scanVM, query, args...)
 	if err != nil {
-		return nil, "", fmt.Errorf("list vms: %w", err)
-	}
-	defer rows.Close()
-	var vms []VM
-	for rows.Next() {
-		vm, err := scanVM(rows)
-		if err != nil {
-			return nil, "", fmt.Errorf("list vms: %w", err)
-		}
-		vms = append(vms, vm)
-	}
-	if err := rows.Err(); err != nil {
 		return nil, "", fmt.Errorf("list vms: %w", err)
 	}
 	if len(vms) <= size {
