@@ -102,7 +102,11 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return fmt.Errorf("register node %s: %w", cfg.Cluster.NodeName, err)
 	}
 
-	g, gctx := errgroup.WithContext(ctx)
+	// Every goroutine below ends with runCtx, so an early return (a
+	// listener that cannot open, say) stops them and waits for them.
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	g, gctx := errgroup.WithContext(runCtx)
 	sopts := server.Options{
 		Store:    st,
 		Images:   &server.ImageService{Loader: loader, Store: st, Logger: log},
@@ -126,6 +130,8 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 
 	listeners, err := listen(cfg)
 	if err != nil {
+		cancel()
+		_ = g.Wait()
 		return err
 	}
 	g.Go(func() error { lease.Run(gctx); return nil })
