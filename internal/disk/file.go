@@ -11,6 +11,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/hypervm/hyper/internal/fsync"
 )
 
 // diskMode is the permission of every disk file this package makes. The
@@ -97,7 +99,7 @@ func writeAtomic(dst string, fill func(f *os.File) error) (err error) {
 	if err := renameNoReplace(tmp, dst); err != nil {
 		return err
 	}
-	if err := syncDir(filepath.Dir(dst)); err != nil {
+	if err := fsync.Dir(filepath.Dir(dst)); err != nil {
 		os.Remove(dst)
 		return err
 	}
@@ -132,19 +134,6 @@ func renameNoReplace(old, new string) error {
 	}
 	if err != nil {
 		return fmt.Errorf("rename %s to %s: %w", old, new, err)
-	}
-	return nil
-}
-
-// syncDir makes a rename in dir durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
 	}
 	return nil
 }

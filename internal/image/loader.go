@@ -22,6 +22,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/hypervm/hyper/internal/fsync"
 )
 
 // Progress stages, in the order they are reported.
@@ -401,7 +403,7 @@ func (l *Loader) place(tmp, id string) error {
 	if err != nil {
 		return classifyIO(fmt.Errorf("place image %s: %w", id, err))
 	}
-	return syncDir(l.opts.ImagesDir)
+	return fsync.Dir(l.opts.ImagesDir)
 }
 
 // copyInto copies src to a temporary name beside dst, then renames it to
@@ -438,18 +440,6 @@ func copyInto(src, dst string) (err error) {
 		return err
 	}
 	return os.Remove(src)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	return nil
 }
 
 func (l *Loader) path(id string) string {
@@ -497,7 +487,7 @@ func (l *Loader) Remove(id string) error {
 		}
 		return fmt.Errorf("remove image %s: %w", id, err)
 	}
-	return syncDir(l.opts.ImagesDir)
+	return fsync.Dir(l.opts.ImagesDir)
 }
 
 // CleanTmp removes what interrupted loads left: every build file in TmpDir

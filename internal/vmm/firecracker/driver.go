@@ -30,6 +30,7 @@ import (
 	"github.com/hypervm/hyper/internal/suid"
 	"github.com/hypervm/hyper/internal/units"
 	"github.com/hypervm/hyper/internal/vmm"
+	"github.com/hypervm/hyper/internal/vmm/vmmproc"
 )
 
 // Jail is what the driver needs from the setuid helper; *helper.Client
@@ -169,9 +170,9 @@ func (d *Driver) Start(ctx context.Context, c vmm.Config) (vmm.VM, error) {
 		return nil, fmt.Errorf("start vm %s: jail user: %w", c.ID, err)
 	}
 	v := d.newVM(c.ID, c.Dir)
-	if pid, err := readPidfile(v.pidfile); err == nil {
+	if pid, err := vmmproc.ReadPidfile(v.pidfile); err == nil {
 		if p, err := attachProcess(pid, c.ID); err == nil {
-			p.close()
+			p.Close()
 			return nil, fmt.Errorf("start vm %s: a firecracker (pid %d) already runs for %s", c.ID, pid, c.Dir)
 		}
 	}
@@ -306,7 +307,7 @@ func (d *Driver) waitGrant(ctx context.Context, v *vm, what string, timeout time
 				return nil
 			}
 		}
-		if v.proc.exited() {
+		if v.proc.Exited() {
 			return fmt.Errorf("wait for %s: firecracker exited%s (last: %w)", what, v.exitNote(), last)
 		}
 		select {
@@ -331,7 +332,7 @@ func (d *Driver) cleanup(ctx context.Context, v *vm) {
 // Attach implements vmm.Driver.
 func (d *Driver) Attach(ctx context.Context, id, dir string) (vmm.VM, error) {
 	v := d.newVM(id, dir)
-	pid, err := readPidfile(v.pidfile)
+	pid, err := vmmproc.ReadPidfile(v.pidfile)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("attach vm %s: no %s: %w", id, v.pidfile, vmm.ErrNotRunning)
 	}
@@ -339,13 +340,13 @@ func (d *Driver) Attach(ctx context.Context, id, dir string) (vmm.VM, error) {
 		return nil, fmt.Errorf("attach vm %s: %w", id, err)
 	}
 	if v.proc, err = attachProcess(pid, id); err != nil {
-		if errors.Is(err, errGone) {
+		if errors.Is(err, vmmproc.ErrGone) {
 			return nil, fmt.Errorf("attach vm %s: pid %d: %w: %w", id, pid, vmm.ErrNotRunning, err)
 		}
 		return nil, fmt.Errorf("attach vm %s: %w", id, err)
 	}
 	if _, err := v.Status(ctx); err != nil {
-		v.proc.close()
+		v.proc.Close()
 		return nil, fmt.Errorf("attach vm %s: %w", id, err)
 	}
 	return v, nil
@@ -381,14 +382,14 @@ func (v *vm) launch(ctx context.Context, jail Jail, uid, gid uint32) error {
 		v.exitErr = cmd.Wait()
 		close(v.reaped)
 	}()
-	p, err := openPidfd(cmd.Process.Pid)
+	p, err := vmmproc.Open(cmd.Process.Pid)
 	if err != nil {
 		cmd.Process.Kill()
 		<-v.reaped
 		return err
 	}
 	v.proc = p
-	if err := writePidfile(v.pidfile, p.pid); err != nil {
+	if err := vmmproc.WritePidfile(v.pidfile, p.Pid()); err != nil {
 		return fmt.Errorf("write pidfile: %w", err)
 	}
 	return nil
@@ -397,7 +398,7 @@ func (v *vm) launch(ctx context.Context, jail Jail, uid, gid uint32) error {
 // exitNote describes how Firecracker ended, with the console's last
 // lines, or "" while it runs.
 func (v *vm) exitNote() string {
-	if v.proc == nil || !v.proc.exited() {
+	if v.proc == nil || !v.proc.Exited() {
 		return ""
 	}
 	status := "exited"

@@ -13,6 +13,7 @@ import (
 	"github.com/hypervm/hyper/internal/agent"
 	"github.com/hypervm/hyper/internal/guestcfg"
 	"github.com/hypervm/hyper/internal/vmm"
+	"github.com/hypervm/hyper/internal/vmm/vmmproc"
 )
 
 // vm is one Firecracker.
@@ -25,7 +26,7 @@ type vm struct {
 	stopTimeout time.Duration
 
 	mu   sync.Mutex // serialises control operations
-	proc *process
+	proc *vmmproc.Process
 
 	// reaped is closed once the driver's own child has been waited for
 	// (nil after Attach: the process is not our child).
@@ -46,7 +47,7 @@ func (d *Driver) newVM(id, dir string) *vm {
 }
 
 func (v *vm) ID() string          { return v.id }
-func (v *vm) Pid() int            { return v.proc.pid }
+func (v *vm) Pid() int            { return v.proc.Pid() }
 func (v *vm) ConsolePath() string { return filepath.Join(v.dir, ConsoleLog) }
 
 // DialAgent connects to the jail's vsock socket and asks Firecracker for
@@ -59,12 +60,12 @@ func (v *vm) DialAgent(ctx context.Context) (net.Conn, error) {
 func (v *vm) Status(ctx context.Context) (vmm.State, error) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if v.proc.exited() {
+	if v.proc.Exited() {
 		return vmm.Exited, nil
 	}
 	info, err := v.api.Describe(ctx)
 	if err != nil {
-		if v.proc.exited() {
+		if v.proc.Exited() {
 			return vmm.Exited, nil
 		}
 		return "", fmt.Errorf("vm %s: %w", v.id, err)
@@ -84,7 +85,7 @@ func (v *vm) Resume(ctx context.Context) error { return v.patch(ctx, VMResumed) 
 func (v *vm) patch(ctx context.Context, state string) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if v.proc.exited() {
+	if v.proc.Exited() {
 		return fmt.Errorf("vm %s: %s: %w", v.id, state, vmm.ErrNotRunning)
 	}
 	if err := v.api.PatchVM(ctx, state); err != nil {
@@ -113,26 +114,26 @@ func (v *vm) Stop(ctx context.Context) error {
 // user, which the unprivileged node may not signal: then the helper kills
 // the VM's cgroup.
 func (v *vm) kill(ctx context.Context) error {
-	if !v.proc.exited() {
-		if err := v.proc.kill(); err != nil {
+	if !v.proc.Exited() {
+		if err := v.proc.Kill(); err != nil {
 			if !errors.Is(err, os.ErrPermission) {
-				return fmt.Errorf("kill firecracker %d: %w", v.proc.pid, err)
+				return fmt.Errorf("kill firecracker %d: %w", v.proc.Pid(), err)
 			}
 			if _, err := v.jail.KillCgroup(context.WithoutCancel(ctx), v.id); err != nil {
-				return fmt.Errorf("kill firecracker %d through its cgroup: %w", v.proc.pid, err)
+				return fmt.Errorf("kill firecracker %d through its cgroup: %w", v.proc.Pid(), err)
 			}
 		}
 		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), v.stopTimeout)
 		defer cancel()
-		if err := v.proc.wait(wctx); err != nil {
-			return fmt.Errorf("firecracker %d survived SIGKILL: %w", v.proc.pid, err)
+		if err := v.proc.Wait(wctx); err != nil {
+			return fmt.Errorf("firecracker %d survived SIGKILL: %w", v.proc.Pid(), err)
 		}
 	}
 	if v.reaped != nil {
 		<-v.reaped
 	}
-	v.proc.close()
+	v.proc.Close()
 	return nil
 }
 
-func (v *vm) Wait(ctx context.Context) error { return v.proc.wait(ctx) }
+func (v *vm) Wait(ctx context.Context) error { return v.proc.Wait(ctx) }

@@ -29,6 +29,7 @@ import (
 	"github.com/hypervm/hyper/internal/guestcfg"
 	"github.com/hypervm/hyper/internal/units"
 	"github.com/hypervm/hyper/internal/vmm"
+	"github.com/hypervm/hyper/internal/vmm/vmmproc"
 )
 
 // Files in the VM's directory.
@@ -121,9 +122,9 @@ func (d *Driver) Start(ctx context.Context, c vmm.Config) (vmm.VM, error) {
 		return nil, fmt.Errorf("start vm %s: %w", c.ID, err)
 	}
 	v := d.newVM(c.ID, c.Dir)
-	if pid, err := readPidfile(v.pidfile); err == nil {
+	if pid, err := vmmproc.ReadPidfile(v.pidfile); err == nil {
 		if p, err := openProcess(pid, v.pidfile); err == nil {
-			p.close()
+			p.Close()
 			return nil, fmt.Errorf("start vm %s: a QEMU (pid %d) already runs for %s", c.ID, pid, c.Dir)
 		}
 	}
@@ -159,7 +160,7 @@ func (d *Driver) Start(ctx context.Context, c vmm.Config) (vmm.VM, error) {
 		v.cleanupFailedStart()
 		return nil, fmt.Errorf("start vm %s: qemu: %w: %s", c.ID, err, strings.TrimSpace(out.String()))
 	}
-	pid, err := readPidfile(v.pidfile)
+	pid, err := vmmproc.ReadPidfile(v.pidfile)
 	if err != nil {
 		v.cleanupFailedStart()
 		return nil, fmt.Errorf("start vm %s: %w", c.ID, err)
@@ -178,7 +179,7 @@ func (d *Driver) Start(ctx context.Context, c vmm.Config) (vmm.VM, error) {
 // Attach implements vmm.Driver.
 func (d *Driver) Attach(ctx context.Context, id, dir string) (vmm.VM, error) {
 	v := d.newVM(id, dir)
-	pid, err := readPidfile(v.pidfile)
+	pid, err := vmmproc.ReadPidfile(v.pidfile)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("attach vm %s: no %s: %w", id, v.pidfile, vmm.ErrNotRunning)
 	}
@@ -186,13 +187,13 @@ func (d *Driver) Attach(ctx context.Context, id, dir string) (vmm.VM, error) {
 		return nil, fmt.Errorf("attach vm %s: %w", id, err)
 	}
 	if v.proc, err = openProcess(pid, v.pidfile); err != nil {
-		if errors.Is(err, errGone) {
+		if errors.Is(err, vmmproc.ErrGone) {
 			return nil, fmt.Errorf("attach vm %s: pid %d: %w: %w", id, pid, vmm.ErrNotRunning, err)
 		}
 		return nil, fmt.Errorf("attach vm %s: %w", id, err)
 	}
 	if _, err := v.Status(ctx); err != nil {
-		v.proc.close()
+		v.proc.Close()
 		return nil, fmt.Errorf("attach vm %s: %w", id, err)
 	}
 	return v, nil
@@ -291,7 +292,7 @@ type vm struct {
 	stopTimeout time.Duration
 
 	mu   sync.Mutex // serialises control operations
-	proc *process
+	proc *vmmproc.Process
 }
 
 var _ vmm.VM = (*vm)(nil)
@@ -307,7 +308,7 @@ func (d *Driver) newVM(id, dir string) *vm {
 
 // ID, Pid and ConsolePath implement vmm.VM.
 func (v *vm) ID() string          { return v.id }
-func (v *vm) Pid() int            { return v.proc.pid }
+func (v *vm) Pid() int            { return v.proc.Pid() }
 func (v *vm) ConsolePath() string { return filepath.Join(v.dir, ConsoleLog) }
 
 // DialAgent connects to the unix socket QEMU binds to the guest's
@@ -326,12 +327,12 @@ func (v *vm) Status(ctx context.Context) (vmm.State, error) {
 }
 
 func (v *vm) status(ctx context.Context) (vmm.State, error) {
-	if v.proc.exited() {
+	if v.proc.Exited() {
 		return vmm.Exited, nil
 	}
 	ret, err := qmp(ctx, v.qmpSock, "query-status", nil)
 	if err != nil {
-		if v.proc.exited() {
+		if v.proc.Exited() {
 			return vmm.Exited, nil
 		}
 		return "", fmt.Errorf("vm %s: %w", v.id, err)
@@ -358,7 +359,7 @@ func (v *vm) Resume(ctx context.Context) error { return v.control(ctx, "cont") }
 func (v *vm) control(ctx context.Context, command string) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if v.proc.exited() {
+	if v.proc.Exited() {
 		return fmt.Errorf("vm %s: %s: %w", v.id, command, vmm.ErrNotRunning)
 	}
 	if _, err := qmp(ctx, v.qmpSock, command, nil); err != nil {
@@ -372,21 +373,21 @@ func (v *vm) control(ctx context.Context, command string) error {
 func (v *vm) Stop(ctx context.Context) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if !v.proc.exited() {
+	if !v.proc.Exited() {
 		qctx, cancel := context.WithTimeout(ctx, v.stopTimeout)
 		_, qerr := qmp(qctx, v.qmpSock, "quit", nil)
-		if qerr == nil || v.proc.exited() {
-			qerr = v.proc.wait(qctx)
+		if qerr == nil || v.proc.Exited() {
+			qerr = v.proc.Wait(qctx)
 		}
 		cancel()
 		if qerr != nil {
-			if err := v.proc.kill(); err != nil {
-				return fmt.Errorf("stop vm %s: kill qemu %d: %w", v.id, v.proc.pid, err)
+			if err := v.proc.Kill(); err != nil {
+				return fmt.Errorf("stop vm %s: kill qemu %d: %w", v.id, v.proc.Pid(), err)
 			}
 			kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), v.stopTimeout)
 			defer cancel()
-			if err := v.proc.wait(kctx); err != nil {
-				return fmt.Errorf("stop vm %s: qemu %d survived SIGKILL: %w", v.id, v.proc.pid, err)
+			if err := v.proc.Wait(kctx); err != nil {
+				return fmt.Errorf("stop vm %s: qemu %d survived SIGKILL: %w", v.id, v.proc.Pid(), err)
 			}
 		}
 	}
@@ -394,9 +395,9 @@ func (v *vm) Stop(ctx context.Context) error {
 	return nil
 }
 
-// Wait implements vmm.VM by polling the pidfd, which works for a QEMU that
-// is not our child.
-func (v *vm) Wait(ctx context.Context) error { return v.proc.wait(ctx) }
+// Wait implements vmm.VM by waiting on the pidfd, which works for a QEMU
+// that is not our child.
+func (v *vm) Wait(ctx context.Context) error { return v.proc.Wait(ctx) }
 
 // removeFiles deletes what a QEMU leaves in the VM directory; the console
 // log stays for the record.
@@ -409,13 +410,13 @@ func (v *vm) removeFiles() {
 // cleanupFailedStart kills a QEMU a failed start may have left running and
 // removes its files.
 func (v *vm) cleanupFailedStart() {
-	if pid, err := readPidfile(v.pidfile); err == nil {
+	if pid, err := vmmproc.ReadPidfile(v.pidfile); err == nil {
 		if p, err := openProcess(pid, v.pidfile); err == nil {
-			p.kill()
+			p.Kill()
 			ctx, cancel := context.WithTimeout(context.Background(), v.stopTimeout)
-			p.wait(ctx)
+			p.Wait(ctx)
 			cancel()
-			p.close()
+			p.Close()
 		}
 	}
 	v.removeFiles()
