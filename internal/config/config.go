@@ -149,6 +149,10 @@ type Disk struct {
 type VMM struct {
 	Driver      string   `toml:"driver"`       // auto | firecracker | qemu | none (serves the API, runs no VMs)
 	BootTimeout Duration `toml:"boot_timeout"` // how long to wait for the guest agent
+	// A VM whose VMM dies is restarted, unless it has crashed more than
+	// MaxCrashes times within CrashWindow: then it is Failed.
+	MaxCrashes  *int     `toml:"max_crashes"`  // default 3; 0: never restart
+	CrashWindow Duration `toml:"crash_window"` // default 1m
 }
 
 // Otel configures trace export. No endpoint: no exporter at all.
@@ -220,6 +224,13 @@ func (c *Config) applyDefaults() {
 	setDefault(&c.VMM.Driver, DefaultVMMDriver)
 	if c.VMM.BootTimeout.Duration == 0 {
 		c.VMM.BootTimeout.Duration = 60 * time.Second
+	}
+	if c.VMM.MaxCrashes == nil {
+		n := 3
+		c.VMM.MaxCrashes = &n
+	}
+	if c.VMM.CrashWindow.Duration == 0 {
+		c.VMM.CrashWindow.Duration = time.Minute
 	}
 	setDefault(&c.Otel.Proto, "http_protobuf")
 }
@@ -353,6 +364,9 @@ func (c *Config) Validate() error {
 	case "auto", "firecracker", "qemu", "none":
 	default:
 		return bad("vmm.driver", "must be auto, firecracker, qemu or none (got %q)", c.VMM.Driver)
+	}
+	if n := *c.VMM.MaxCrashes; n < 0 || n > 100 {
+		return bad("vmm.max_crashes", "must be 0-100 (got %d)", n)
 	}
 	switch c.Otel.Proto {
 	case "http_protobuf", "grpc":

@@ -86,6 +86,7 @@ func TestParseErrors(t *testing.T) {
 		{"bad duration", "[cluster]\nlease_ttl = \"soon\"", "cluster.lease_ttl", "invalid duration"},
 		{"ttl below interval", "[cluster]\nlease_ttl = \"1s\"", "cluster.lease_ttl", "longer than"},
 		{"tcp without tls", "[api]\ntcp = \"0.0.0.0:1\"", "api.tcp", "insecure = true"},
+		{"bad max_crashes", "[vmm]\nmax_crashes = -1", "vmm.max_crashes", "0-100"},
 		{"bad driver", "[vmm]\ndriver = \"kvmtool\"", "vmm.driver", "must be auto"},
 		{"bad store", "[store]\nurl = \"mysql://x\"", "store.url", "postgres"},
 		{"bad load", "[budget]\ncpu_max_load = 1.5", "budget.cpu_max_load", "(0, 1]"},

@@ -23,7 +23,10 @@ import (
 // and initramfs, the disk maker, the helper client and the VMM driver. Any
 // failure names the missing piece and the fix.
 func vmDeps(ctx context.Context, cfg *config.Config, st *store.Store, log *slog.Logger) (node.Options, error) {
-	o := node.Options{Config: cfg, Node: cfg.Cluster.NodeName, Store: st, Logger: log}
+	o := node.Options{
+		Config: cfg, Node: cfg.Cluster.NodeName, Store: st, Logger: log,
+		MaxCrashes: *cfg.VMM.MaxCrashes, CrashWindow: cfg.VMM.CrashWindow.Duration,
+	}
 
 	hc := helper.New(cfg.Tools.SuidHelper)
 	sys, err := hc.SysTest(ctx)

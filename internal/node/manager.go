@@ -89,7 +89,8 @@ type Options struct {
 	Budget    *Budget
 	Logger    *slog.Logger
 
-	// MaxCrashes within CrashWindow make a VM Failed instead of restarted.
+	// More than MaxCrashes crashes within CrashWindow make a VM Failed
+	// instead of restarted; 0 means the first crash does.
 	MaxCrashes  int
 	CrashWindow time.Duration
 	// RestartBackoff is the first restart delay; it doubles per crash.
@@ -148,9 +149,6 @@ type machine struct {
 func NewManager(o Options) *Manager {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
-	}
-	if o.MaxCrashes == 0 {
-		o.MaxCrashes = 3
 	}
 	if o.CrashWindow == 0 {
 		o.CrashWindow = time.Minute

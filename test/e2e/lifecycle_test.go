@@ -199,3 +199,21 @@ func TestKilledDuringCreate(t *testing.T) {
 	}
 	// checkNoLeaks runs at cleanup, after hyperd's reclaim.
 }
+
+// TestCrashLoopFails kills a VM's VMM until the node gives up on it: the
+// VM ends Failed with the reason, and nothing of it is left.
+func TestCrashLoopFails(t *testing.T) {
+	vn := newVMNode(t, "[vmm]\ndriver = \"qemu\"\nmax_crashes = 1\n")
+	vn.start()
+	vn.loadBusybox(t)
+	id := vn.createVM(t)
+	must(t, syscall.Kill(vn.vmmPid(t, id), syscall.SIGKILL))
+	vn.waitLog(t, "vm restarted", 4*time.Minute)
+	must(t, syscall.Kill(vn.vmmPid(t, id), syscall.SIGKILL))
+	vn.waitState(t, id, "failed", time.Minute)
+	out, _, _ := vn.hyper("-o", "json", "vm", "get", id)
+	if !strings.Contains(out, "crashed 2 times") || !strings.Contains(out, "vmm exited") {
+		t.Fatalf("last error does not give the reason:\n%s", out)
+	}
+	// checkNoLeaks runs at cleanup: no process, cgroup or vm dir.
+}
