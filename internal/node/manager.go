@@ -243,29 +243,17 @@ func (m *Manager) create(ctx context.Context, id string, req CreateRequest, typ 
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return fail("make vm dir", err)
 	}
-	disk, initrd := filepath.Join(dir, diskFile), filepath.Join(dir, initrdFile)
+	disk := filepath.Join(dir, diskFile)
+	if err := makeDisk(ctx, disk); err != nil {
+		return fail("make writable disk", err)
+	}
+	initrd := filepath.Join(dir, initrdFile)
 	gcfg := &guestcfg.VM{ID: id, BaseDevice: vmm.BaseDevice, WritableDevice: vmm.WritableDevice, Image: imageConfig(image)}
-	// These steps are independent and mostly wait on I/O or a helper
-	// process, so they run at once; all finish before any failure is
-	// undone, and the first failing step (in this order) is the one named.
-	steps := []struct {
-		name string
-		run  func() error
-	}{
-		{"make writable disk", func() error { return makeDisk(ctx, disk) }},
-		{"write initrd", func() error { return m.o.Initramfs.WriteInitrd(initrd, gcfg) }},
-		{"create cgroup", func() error { return m.o.Helper.CreateCgroup(ctx, id, typ.VCPUs, uint64(typ.CgroupMemory())) }},
+	if err := m.o.Initramfs.WriteInitrd(initrd, gcfg); err != nil {
+		return fail("write initrd", err)
 	}
-	errs := make([]error, len(steps))
-	var wg sync.WaitGroup
-	for i, step := range steps {
-		wg.Go(func() { errs[i] = step.run() })
-	}
-	wg.Wait()
-	for i, err := range errs {
-		if err != nil {
-			return fail(steps[i].name, err)
-		}
+	if err := m.o.Helper.CreateCgroup(ctx, id, typ.VCPUs, uint64(typ.CgroupMemory())); err != nil {
+		return fail("create cgroup", err)
 	}
 	mc.spec = m.spec(row, typ)
 	if _, err := m.o.Store.UpdateVMState(ctx, id, []string{StateCreating}, StateBooting, ""); err != nil {
