@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"crypto/rand"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -32,7 +33,13 @@ func runLifecycle(t *testing.T, vn *vmNode) {
 		}
 		// The image's own command ran as the main process and exited 0.
 		out, _, code = vn.hyper("-o", "json", "vm", "get", id)
-		if code != 0 || !strings.Contains(out, `"exited": true`) || strings.Contains(out, `"exit_code"`) {
+		var got struct {
+			Main struct {
+				Exited   bool `json:"exited"`
+				ExitCode int  `json:"exit_code"`
+			} `json:"main"`
+		}
+		if code != 0 || json.Unmarshal([]byte(out), &got) != nil || !got.Main.Exited || got.Main.ExitCode != 0 {
 			t.Fatalf("main process not reported as exited with 0:\n%s", out)
 		}
 		out, _, _ = vn.hyper("node", "ls")
