@@ -27,6 +27,7 @@ import (
 	hyperv1 "github.com/hypervm/hyper/api/hyper/v1"
 	"github.com/hypervm/hyper/api/hyper/v1/hyperv1connect"
 	"github.com/hypervm/hyper/internal/agent"
+	"github.com/hypervm/hyper/internal/agent/agenttest"
 	"github.com/hypervm/hyper/internal/agent/guestd"
 	"github.com/hypervm/hyper/internal/cli"
 	"github.com/hypervm/hyper/internal/ids"
@@ -153,45 +154,8 @@ func newGuestEnv(t *testing.T) *guestEnv {
 // both stop with the test.
 func serveGuest(t *testing.T) *agent.Client {
 	t.Helper()
-	reaper := guestd.NewReaper(false)
-	srv := guestd.New(guestd.Config{VMID: "vtest", Reaper: reaper})
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hostConn, guestConn := fileConn(t, fds[0]), fileConn(t, fds[1])
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- srv.ServeConn(ctx, guestConn) }()
-	dialCtx, dialCancel := context.WithTimeout(ctx, 10*time.Second)
-	defer dialCancel()
-	client, err := agent.Dial(dialCtx, func(context.Context) (net.Conn, error) { return hostConn, nil })
-	if err != nil {
-		cancel()
-		<-served
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		client.Close()
-		cancel()
-		if err := <-served; err != nil {
-			t.Errorf("guest ServeConn: %v", err)
-		}
-		srv.Close()
-		reaper.Close()
-	})
+	_, client := agenttest.Serve(t, guestd.Config{VMID: "vtest"})
 	return client
-}
-
-func fileConn(t *testing.T, fd int) net.Conn {
-	t.Helper()
-	f := os.NewFile(uintptr(fd), "socketpair")
-	defer f.Close()
-	c, err := net.FileConn(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
 }
 
 func testCtx(t *testing.T) context.Context {

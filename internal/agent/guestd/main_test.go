@@ -2,16 +2,15 @@ package guestd_test
 
 import (
 	"context"
-	"net"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
-	"golang.org/x/sys/unix"
 
 	"github.com/hypervm/hyper/internal/agent"
+	"github.com/hypervm/hyper/internal/agent/agenttest"
 	"github.com/hypervm/hyper/internal/agent/guestd"
 )
 
@@ -29,52 +28,12 @@ type harness struct {
 	client *agent.Client
 }
 
-// start serves cfg (with a reaper of its own) and connects a client; all of
-// it is torn down when the test ends.
+// start serves cfg and connects a client; all of it is torn down when the
+// test ends.
 func start(t testing.TB, cfg guestd.Config) *harness {
 	t.Helper()
-	reaper := guestd.NewReaper(false)
-	cfg.Reaper = reaper
-	srv := guestd.New(cfg)
-
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hostConn, guestConn := fileConn(t, fds[0]), fileConn(t, fds[1])
-
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- srv.ServeConn(ctx, guestConn) }()
-
-	dialCtx, dialCancel := context.WithTimeout(ctx, 10*time.Second)
-	defer dialCancel()
-	client, err := agent.Dial(dialCtx, func(context.Context) (net.Conn, error) { return hostConn, nil })
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		client.Close()
-		cancel()
-		if err := <-served; err != nil {
-			t.Errorf("ServeConn: %v", err)
-		}
-		srv.Close()
-		reaper.Close()
-	})
+	srv, client := agenttest.Serve(t, cfg)
 	return &harness{srv: srv, client: client}
-}
-
-func fileConn(t testing.TB, fd int) net.Conn {
-	t.Helper()
-	f := os.NewFile(uintptr(fd), "socketpair")
-	defer f.Close()
-	c, err := net.FileConn(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
 }
 
 // etcRoot writes a root directory with an etc/passwd and etc/group that
