@@ -55,7 +55,7 @@ func handshake(ctx context.Context, c net.Conn, deadline time.Time) (net.Conn, e
 		return nil, fmt.Errorf("%w: agent handshake: send hello: %v", ErrNotReady, err)
 	}
 	want := []byte(readyPrefix + nonce + "\n")
-	r := bufio.NewReaderSize(c, 64<<10)
+	r := bufio.NewReaderSize(c, 4<<10)
 	var window []byte
 	stale := 0
 	for {
@@ -80,17 +80,29 @@ func handshake(ctx context.Context, c net.Conn, deadline time.Time) (net.Conn, e
 	if err := c.SetDeadline(time.Time{}); err != nil {
 		return nil, fmt.Errorf("agent handshake: %w", err)
 	}
-	return &bufferedConn{Conn: c, r: r}, nil
+	// Keep only the bytes read past READY, not the reader's buffer: the
+	// connection lives as long as the VM, and every VM has one.
+	rest, _ := r.Peek(r.Buffered())
+	if len(rest) == 0 {
+		return c, nil
+	}
+	return &prefixConn{Conn: c, prefix: bytes.Clone(rest)}, nil
 }
 
-// bufferedConn is a connection whose reads go through a buffer that may
-// already hold the first bytes.
-type bufferedConn struct {
+// prefixConn is a connection whose first reads return prefix.
+type prefixConn struct {
 	net.Conn
-	r *bufio.Reader
+	prefix []byte
 }
 
-func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+func (c *prefixConn) Read(p []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(p, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
 
 // HelloScanner finds a host's HELLO line in a byte stream that may carry
 // leftovers of earlier connections before it. It is the guest's half of
