@@ -161,14 +161,28 @@ func (c *Cloner) Method() Method { return c.method }
 // destination cannot share extents with is copied instead, unless the
 // configuration demanded reflinks. Clone returns the method it used.
 func (c *Cloner) Clone(ctx context.Context, src, dst string) (Method, error) {
-	used, err := c.clone(ctx, src, dst)
+	used, err := c.clone(ctx, src, dst, writeAtomic)
 	if err != nil {
 		return 0, fmt.Errorf("clone disk %s to %s: %w", src, dst, err)
 	}
 	return used, nil
 }
 
-func (c *Cloner) clone(ctx context.Context, src, dst string) (Method, error) {
+// CloneScratch is Clone for a disk that need not outlive the host: a new
+// VM's writable disk. It writes dst in place and syncs nothing, which saves
+// two fsyncs (most of the cost of cloning a fresh disk's template on a
+// filesystem without reflinks). That is safe because a host crash ends the
+// VM too (its VMM dies, the node frees its disk on restart), and the guest
+// flushes what it writes itself. On failure dst is removed.
+func (c *Cloner) CloneScratch(ctx context.Context, src, dst string) (Method, error) {
+	used, err := c.clone(ctx, src, dst, writeScratch)
+	if err != nil {
+		return 0, fmt.Errorf("clone disk %s to %s: %w", src, dst, err)
+	}
+	return used, nil
+}
+
+func (c *Cloner) clone(ctx context.Context, src, dst string, write func(string, func(*os.File) error) error) (Method, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
@@ -185,7 +199,7 @@ func (c *Cloner) clone(ctx context.Context, src, dst string) (Method, error) {
 		return 0, fmt.Errorf("%s is not a regular file", src)
 	}
 	var used Method
-	err = writeAtomic(dst, func(d *os.File) error {
+	err = write(dst, func(d *os.File) error {
 		if c.method == Reflink {
 			err := unix.IoctlFileClone(int(d.Fd()), int(s.Fd()))
 			if err == nil {

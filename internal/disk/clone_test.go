@@ -124,18 +124,36 @@ func TestClone(t *testing.T) {
 					if err != nil {
 						t.Fatal(err)
 					}
-					sub, err := os.MkdirTemp(dir, tc.mode+"-")
-					if err != nil {
-						t.Fatal(err)
+					for _, f := range cloneFuncs(c) {
+						t.Run(f.name, func(t *testing.T) {
+							sub, err := os.MkdirTemp(dir, tc.mode+"-")
+							if err != nil {
+								t.Fatal(err)
+							}
+							testCloneContract(t, f.clone, sub, tc.want)
+						})
 					}
-					testCloneContract(t, c, sub, tc.want)
 				})
 			}
 		})
 	}
 }
 
-func testCloneContract(t *testing.T, c *disk.Cloner, dir string, want disk.Method) {
+// cloneFunc is Cloner.Clone or Cloner.CloneScratch: they differ only in
+// durability, which a test cannot observe without crashing the host.
+type cloneFunc func(ctx context.Context, src, dst string) (disk.Method, error)
+
+func cloneFuncs(c *disk.Cloner) []struct {
+	name  string
+	clone cloneFunc
+} {
+	return []struct {
+		name  string
+		clone cloneFunc
+	}{{"Clone", c.Clone}, {"CloneScratch", c.CloneScratch}}
+}
+
+func testCloneContract(t *testing.T, clone cloneFunc, dir string, want disk.Method) {
 	const (
 		size    = 256 << 20
 		chunk   = 1 << 20
@@ -146,7 +164,7 @@ func testCloneContract(t *testing.T, c *disk.Cloner, dir string, want disk.Metho
 	srcSum := digest(t, src)
 	freeBefore := freeBytes(t, dir)
 
-	got, err := c.Clone(context.Background(), src, dst)
+	got, err := clone(context.Background(), src, dst)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -239,8 +257,10 @@ func TestCloneRefusesExistingDestination(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := c.Clone(context.Background(), src, dst); !errors.Is(err, fs.ErrExist) {
-			t.Errorf("%s: Clone onto an existing file: err = %v, want ErrExist", mode, err)
+		for _, f := range cloneFuncs(c) {
+			if _, err := f.clone(context.Background(), src, dst); !errors.Is(err, fs.ErrExist) {
+				t.Errorf("%s: %s onto an existing file: err = %v, want ErrExist", mode, f.name, err)
+			}
 		}
 	}
 	if b, err := os.ReadFile(dst); err != nil || string(b) != "precious" {
@@ -276,26 +296,28 @@ func TestCloneCancelled(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	if _, err := c.Clone(ctx, src, dst); !errors.Is(err, context.Canceled) {
-		t.Errorf("Clone with a cancelled context: err = %v, want Canceled", err)
-	}
-	if names := dirNames(t, dir); !slices.Equal(names, []string{"src.img"}) {
-		t.Errorf("cancelled clone left %v", names)
-	}
-
-	for _, after := range []int64{2, 5, 9} {
-		ctx := &countdownCtx{Context: context.Background()}
-		ctx.n.Store(after)
-		if _, err := c.Clone(ctx, src, dst); !errors.Is(err, context.Canceled) {
-			t.Errorf("Clone cancelled after %d checks: err = %v, want Canceled", after, err)
-		}
-		if ctx.calls.Load() <= after {
-			t.Errorf("clone finished after %d checks, before the cancellation at %d", ctx.calls.Load(), after)
+	for _, f := range cloneFuncs(c) {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		if _, err := f.clone(ctx, src, dst); !errors.Is(err, context.Canceled) {
+			t.Errorf("%s with a cancelled context: err = %v, want Canceled", f.name, err)
 		}
 		if names := dirNames(t, dir); !slices.Equal(names, []string{"src.img"}) {
-			t.Errorf("clone cancelled after %d checks left %v", after, names)
+			t.Errorf("cancelled %s left %v", f.name, names)
+		}
+
+		for _, after := range []int64{2, 5, 9} {
+			ctx := &countdownCtx{Context: context.Background()}
+			ctx.n.Store(after)
+			if _, err := f.clone(ctx, src, dst); !errors.Is(err, context.Canceled) {
+				t.Errorf("%s cancelled after %d checks: err = %v, want Canceled", f.name, after, err)
+			}
+			if ctx.calls.Load() <= after {
+				t.Errorf("%s finished after %d checks, before the cancellation at %d", f.name, ctx.calls.Load(), after)
+			}
+			if names := dirNames(t, dir); !slices.Equal(names, []string{"src.img"}) {
+				t.Errorf("%s cancelled after %d checks left %v", f.name, after, names)
+			}
 		}
 	}
 }

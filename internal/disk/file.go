@@ -106,6 +106,26 @@ func writeAtomic(dst string, fill func(f *os.File) error) (err error) {
 	return nil
 }
 
+// writeScratch makes the file dst with fill, in place and unsynced; on any
+// error dst is removed. Only for files a host crash makes worthless anyway
+// (see Cloner.CloneScratch).
+func writeScratch(dst string, fill func(f *os.File) error) error {
+	f, err := os.OpenFile(dst, os.O_RDWR|os.O_CREATE|os.O_EXCL, diskMode)
+	if err != nil {
+		return err
+	}
+	if err := fill(f); err != nil {
+		f.Close()
+		os.Remove(dst)
+		return err
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(dst)
+		return fmt.Errorf("close %s: %w", dst, err)
+	}
+	return nil
+}
+
 // createTemp creates an empty file with a fresh random name in dst's
 // directory, with O_EXCL so that it is never someone else's file.
 func createTemp(dst string) (*os.File, error) {

@@ -157,7 +157,9 @@ func checkSize(size units.Size) error {
 
 // Create makes the writable disk path, of the given size, as a clone of the
 // template for that size (made first if needed). path must not exist; on
-// any failure, or if ctx is cancelled, nothing is left at path.
+// any failure, or if ctx is cancelled, nothing is left at path. The disk is
+// not synced (Cloner.CloneScratch): it does not outlive a host crash, and
+// neither does its VM.
 func (m *Maker) Create(ctx context.Context, path string, size units.Size) error {
 	if err := checkSize(size); err != nil {
 		return fmt.Errorf("create writable disk %s: %w", path, err)
@@ -166,7 +168,7 @@ func (m *Maker) Create(ctx context.Context, path string, size units.Size) error 
 	if err != nil {
 		return fmt.Errorf("create writable disk %s: %w", path, err)
 	}
-	if _, err := m.cloner.Clone(ctx, tmpl, path); err != nil {
+	if _, err := m.cloner.CloneScratch(ctx, tmpl, path); err != nil {
 		return fmt.Errorf("create writable disk: %w", err)
 	}
 	return nil

@@ -20,10 +20,12 @@ import (
 )
 
 // Cloner clones disks: a reflink where the filesystem allows it, a sparse
-// copy otherwise (disk.Cloner). dst must not exist and appears complete or
-// not at all.
+// copy otherwise (disk.Cloner). dst must not exist. Clone's dst appears
+// complete and synced or not at all (for layers); CloneScratch's is
+// unsynced, for a VM's own writable disk, which a host crash ends anyway.
 type Cloner interface {
 	Clone(ctx context.Context, src, dst string) (disk.Method, error)
+	CloneScratch(ctx context.Context, src, dst string) (disk.Method, error)
 }
 
 // ParentLabel is the label a forked VM carries with its parent's id: the
@@ -222,7 +224,7 @@ func (m *Manager) fromLayer(id string, typ instance.Type) (func(context.Context,
 // cloneOf returns the step that makes a writable disk as a clone of src.
 func (m *Manager) cloneOf(src string) func(context.Context, string) error {
 	return func(ctx context.Context, dst string) error {
-		_, err := m.o.Cloner.Clone(ctx, src, dst)
+		_, err := m.o.Cloner.CloneScratch(ctx, src, dst)
 		return err
 	}
 }

@@ -36,6 +36,14 @@ type spyCloner struct {
 }
 
 func (c *spyCloner) Clone(ctx context.Context, src, dst string) (disk.Method, error) {
+	return c.spy(ctx, src, dst, c.real.Clone)
+}
+
+func (c *spyCloner) CloneScratch(ctx context.Context, src, dst string) (disk.Method, error) {
+	return c.spy(ctx, src, dst, c.real.CloneScratch)
+}
+
+func (c *spyCloner) spy(ctx context.Context, src, dst string, clone func(ctx context.Context, src, dst string) (disk.Method, error)) (disk.Method, error) {
 	c.mu.Lock()
 	c.calls++
 	fail, during := c.fail, c.during
@@ -46,7 +54,7 @@ func (c *spyCloner) Clone(ctx context.Context, src, dst string) (disk.Method, er
 	if fail != nil {
 		return 0, fail
 	}
-	return c.real.Clone(ctx, src, dst)
+	return clone(ctx, src, dst)
 }
 
 func (c *spyCloner) count() int {
