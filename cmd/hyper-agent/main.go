@@ -3,13 +3,15 @@
 // orphans, and serves the host over vsock (Firecracker) or a virtio-serial
 // port (QEMU) with the agent protocol (api/agent/v1).
 //
-// The same binary is the initramfs's stage-1 init, which mounts the disks,
-// switches root and executes this binary again as PID 1 of the new root.
+// The same binary is the initramfs's stage-1 init, which mounts the disks
+// and switches root; the process then carries on as the agent, PID 1 of the
+// new root.
 package main
 
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -27,29 +29,38 @@ import (
 )
 
 func main() {
-	// In the initramfs the same binary is stage 1: it builds the root and
-	// executes itself again as PID 1 of that root.
+	// In the initramfs this process is stage 1 first: it builds the VM's
+	// root and switches into it, then serves as its init. Started any
+	// other way as PID 1 (a root built by someone else), it reads the
+	// configuration stage 1 left behind.
+	var vm *guestcfg.VM
 	if guestinit.IsStage1() {
-		guestinit.Stage1() // never returns
-	}
-	if os.Getpid() != 1 {
+		vm = guestinit.EnterRoot() // returns only in the new root
+	} else if os.Getpid() != 1 {
 		fmt.Fprintln(os.Stderr, "hyper-agent: must run as PID 1 of a Hyper guest")
 		os.Exit(2)
 	}
 	// run returns only on a fatal error; a PID 1 must never exit.
-	pid1.Fatal(run())
+	pid1.Fatal(run(vm))
 }
 
-func run() error {
+// run is the agent's life as PID 1 of the VM's root; vm is nil when the
+// configuration is to be read from guestcfg.RunConfigPath.
+func run(vm *guestcfg.VM) error {
 	if err := pid1.MountAll(); err != nil {
 		return err
 	}
 	console := pid1.Console()
 	log := slog.New(slog.NewTextHandler(console, &slog.HandlerOptions{Level: slog.LevelInfo}))
 
-	vm, err := readConfig(guestcfg.RunConfigPath)
-	if err != nil {
-		return err
+	if vm == nil {
+		var err error
+		if vm, err = readConfig(guestcfg.RunConfigPath); err != nil {
+			return err
+		}
+	}
+	if vm.ID == "" {
+		return errors.New("vm config: id: empty")
 	}
 	if err := pid1.SetHostname(vm.ID); err != nil {
 		log.Warn("hostname", "err", err)
@@ -96,6 +107,10 @@ func run() error {
 // its module was loaded.
 const channelTimeout = 10 * time.Second
 
+// channelPoll is how often waitChannel looks: the port usually appears
+// within milliseconds of the agent starting, and every one counts at boot.
+const channelPoll = 2 * time.Millisecond
+
 // waitChannel waits for the host channel: it returns the virtio-serial port
 // named guestcfg.AgentPortName (QEMU), or "" once a virtio vsock device is
 // bound (Firecracker).
@@ -112,23 +127,20 @@ func waitChannel(timeout time.Duration) (string, error) {
 			return "", fmt.Errorf("no host channel after %v: no virtio-serial port %q and no virtio vsock device",
 				timeout, guestcfg.AgentPortName)
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(channelPoll)
 	}
 }
 
-func readConfig(path string) (guestcfg.VM, error) {
-	var vm guestcfg.VM
+func readConfig(path string) (*guestcfg.VM, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return vm, fmt.Errorf("read vm config: %w", err)
+		return nil, fmt.Errorf("read vm config: %w", err)
 	}
+	var vm guestcfg.VM
 	if err := json.Unmarshal(b, &vm); err != nil {
-		return vm, fmt.Errorf("read vm config %s: %w", path, err)
+		return nil, fmt.Errorf("read vm config %s: %w", path, err)
 	}
-	if vm.ID == "" {
-		return vm, fmt.Errorf("read vm config %s: id: empty", path)
-	}
-	return vm, nil
+	return &vm, nil
 }
 
 // forwardSignals passes the SIGTERM and SIGINT that PID 1 receives (the

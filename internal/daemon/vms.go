@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/hypervm/hyper/internal/cgroup"
 	"github.com/hypervm/hyper/internal/config"
 	"github.com/hypervm/hyper/internal/disk"
 	"github.com/hypervm/hyper/internal/guest"
@@ -37,6 +38,9 @@ func vmDeps(ctx context.Context, cfg *config.Config, st *store.Store, log *slog.
 		return o, fmt.Errorf("the setuid helper reads work_dir %s from its config, hyperd %s: point both at the same /etc/hyper/config.toml", sys.WorkDir, cfg.WorkDir)
 	}
 	o.Helper = hc
+	if o.Cgroups, err = delegatedCgroups(ctx, hc, log); err != nil {
+		return o, err
+	}
 
 	provider, err := guest.NewProvider(cfg.Kernel)
 	if err != nil {
@@ -59,7 +63,7 @@ func vmDeps(ctx context.Context, cfg *config.Config, st *store.Store, log *slog.
 	if err != nil {
 		return o, fmt.Errorf("guest initramfs (agent %s; set tools.agent if it lives elsewhere): %w", agentBin, err)
 	}
-	o.Kernel, o.Initramfs = *k, initramfs
+	o.Kernel, o.Initramfs = *k, initramfs.Path
 	log.Info("guest ready", "kernel", k.Release, "initramfs", initramfs.Path)
 
 	if err := os.MkdirAll(cfg.DiskTemplatesDir(), 0o750); err != nil {
@@ -92,6 +96,27 @@ func vmDeps(ctx context.Context, cfg *config.Config, st *store.Store, log *slog.
 	return o, nil
 }
 
+// delegatedCgroups has the helper hand the node's parent cgroup to
+// hyperd, once per start, so that creating a VM's cgroup and moving its
+// VMM in run no helper process. Under cgroup v2 the helper also moves
+// hyperd into the parent's hyperd leaf.
+func delegatedCgroups(ctx context.Context, hc *helper.Client, log *slog.Logger) (*cgroup.Tree, error) {
+	d, err := hc.Delegate(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("the setuid helper could not delegate the parent cgroup to hyperd: %w", err)
+	}
+	parents := make([]cgroup.Parent, 0, len(d.Parents))
+	for _, p := range d.Parents {
+		parents = append(parents, cgroup.Parent{Controller: p.Controller, Path: p.Path})
+	}
+	tree, err := cgroup.New(d.CgroupVersion, parents)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("cgroups delegated", "version", d.CgroupVersion, "parents", parents, "self", d.Self)
+	return tree, nil
+}
+
 // driver picks the VMM driver: Firecracker when its binaries are
 // configured and KVM can run a guest, QEMU otherwise (vmm.driver = auto).
 func driver(ctx context.Context, cfg *config.Config, st *store.Store, hc *helper.Client, vmlinuz string, log *slog.Logger) (vmm.Driver, error) {
@@ -112,8 +137,9 @@ func driver(ctx context.Context, cfg *config.Config, st *store.Store, hc *helper
 			return nil, fmt.Errorf("vmm.driver = firecracker needs tools.firecracker and tools.jailer in the config")
 		}
 		return firecracker.New(firecracker.Options{
-			Jail:     hc,
-			JailsDir: cfg.JailsDir(),
+			Jail:         hc,
+			JailsDir:     cfg.JailsDir(),
+			InitramfsDir: filepath.Join(cfg.Kernel.Dir, guest.InitramfsDir),
 			Owner: func(id string) (uint32, uint32, error) {
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 				defer cancel()

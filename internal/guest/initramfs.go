@@ -2,18 +2,14 @@ package guest
 
 import (
 	"bufio"
-	"bytes"
 	"compress/gzip"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"path"
 	"path/filepath"
-
-	"github.com/hypervm/hyper/internal/guestcfg"
 )
 
 // Initramfs is a built shared initramfs: /init (hyper-agent), the kernel
@@ -36,10 +32,15 @@ type InitramfsOptions struct {
 	Gzip bool
 }
 
+// InitramfsDir is the provider's cache of built archives, below its
+// directory (kernel.dir). The setuid helper takes a Firecracker VM's
+// initramfs from there (suid.InitramfsDir must match).
+const InitramfsDir = "initramfs"
+
 // Initramfs returns the shared initramfs for k and the agent binary at
 // agent, cached under the provider's directory.
 func (p *Provider) Initramfs(k *Kernel, agent string, opt InitramfsOptions) (*Initramfs, error) {
-	return BuildInitramfs(filepath.Join(p.Dir, "initramfs"), k, agent, opt)
+	return BuildInitramfs(filepath.Join(p.Dir, InitramfsDir), k, agent, opt)
 }
 
 // BuildInitramfs returns the shared initramfs for k and agent from cacheDir,
@@ -93,7 +94,7 @@ func BuildInitramfs(cacheDir string, k *Kernel, agent string, opt InitramfsOptio
 // or layout never reuses a stale build.
 func initramfsKey(k *Kernel, mods []Module, agentSum string, gz bool) (string, error) {
 	h := sha256.New()
-	fmt.Fprintf(h, "hyper-initramfs v3\nrelease %s\ngzip %t\nagent %s\n", k.Release, gz, agentSum)
+	fmt.Fprintf(h, "hyper-initramfs v4\nrelease %s\ngzip %t\nagent %s\n", k.Release, gz, agentSum)
 	for _, m := range mods {
 		sum, err := fileSHA256(filepath.Join(k.Modules, m.Path))
 		if err != nil {
@@ -126,7 +127,7 @@ func writeShared(f *os.File, k *Kernel, mods []Module, agent string, gz bool) er
 		dirs[d] = true
 		return c.Dir(d, 0o755)
 	}
-	for _, d := range []string{"dev", "proc", "sys", "run", "newroot", path.Dir(guestcfg.ConfigPath)} {
+	for _, d := range []string{"dev", "proc", "sys", "run", "newroot"} {
 		if err := mkdirs(d); err != nil {
 			return err
 		}
@@ -196,57 +197,4 @@ func padTo4(f *os.File) error {
 		_, err = f.Write(make([]byte, 4-r))
 	}
 	return err
-}
-
-// WriteInitrd writes a VM's initrd to dst: the shared archive followed by a
-// small archive holding vm at guestcfg.ConfigPath. The shared part is copied
-// with copy_file_range, a reflink where the filesystem has them.
-func (i *Initramfs) WriteInitrd(dst string, vm *guestcfg.VM) error {
-	cfg, err := json.Marshal(vm)
-	if err != nil {
-		return fmt.Errorf("write initrd %s: %w", dst, err)
-	}
-	var tail bytes.Buffer
-	c := NewCPIOWriter(&tail)
-	if err := c.Dir(path.Dir(guestcfg.ConfigPath), 0o755); err != nil {
-		return err
-	}
-	if err := c.Bytes(guestcfg.ConfigPath, 0o600, cfg); err != nil {
-		return err
-	}
-	if err := c.Close(); err != nil {
-		return err
-	}
-
-	src, err := os.Open(i.Path)
-	if err != nil {
-		return fmt.Errorf("write initrd %s: shared initramfs: %w", dst, err)
-	}
-	defer src.Close()
-	// 0644: the setuid helper hands the initrd to a jailed VMM only if
-	// it is readable by others and writable by no one else (the VM's
-	// directory, 0750, keeps it from other users).
-	f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		return fmt.Errorf("write initrd: %w", err)
-	}
-	err = func() error {
-		n, err := io.Copy(f, src)
-		if err != nil {
-			return err
-		}
-		if n%4 != 0 {
-			return fmt.Errorf("shared initramfs %s is not 4-byte aligned (%d bytes)", i.Path, n)
-		}
-		if _, err := f.Write(tail.Bytes()); err != nil {
-			return err
-		}
-		return f.Close()
-	}()
-	if err != nil {
-		f.Close()
-		os.Remove(dst)
-		return fmt.Errorf("write initrd %s: %w", dst, err)
-	}
-	return nil
 }

@@ -3,9 +3,8 @@
 // initramfs that carries hyper-agent and the kernel modules the guest needs.
 //
 // The kernel is cached under a directory keyed by release and version. The
-// initramfs is built once per (kernel modules, agent binary) and each VM's
-// initrd is that shared archive plus a small appended archive holding the
-// VM's configuration (guestcfg.ConfigPath).
+// initramfs is built once per (kernel modules, agent binary) and shared by
+// every VM; a VM's own configuration travels on its config disk (guestcfg).
 package guest
 
 import (

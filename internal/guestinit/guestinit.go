@@ -1,12 +1,14 @@
 // Package guestinit is stage 1 of a guest's boot: the code hyper-agent runs
 // first when the kernel starts it as /init from the initramfs. It loads the
-// kernel modules, mounts the VM's read-only base disk and writable disk as
-// an overlay root, switches to it and re-executes the agent there as PID 1
-// (stage 2), without copying anything into the image or the disk.
+// kernel modules, reads the VM's configuration from its config disk, mounts
+// the VM's read-only base disk and writable disk as an overlay root and
+// switches to it, without copying anything into the image or the disk. The
+// same process then goes on as the agent, PID 1 of the new root (stage 2).
 //
 // It uses only system calls (no busybox, no external tools). Whatever goes
-// wrong, it never returns and never panics: a PID 1 that exits panics the
-// kernel. It prints the error to the console and powers the VM off.
+// wrong, it never returns an error and never panics: a PID 1 that exits
+// panics the kernel. It prints the error to the console and powers the VM
+// off.
 package guestinit
 
 import (
@@ -16,7 +18,9 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -29,9 +33,8 @@ import (
 const DeviceTimeout = 30 * time.Second
 
 // IsStage1 reports whether this process is stage 1: PID 1 on the kernel's
-// initial rootfs (ramfs or tmpfs) with the VM configuration the host put in
-// the initramfs. After the switch the root is an overlay, so the re-executed
-// agent sees false.
+// initial rootfs (ramfs or tmpfs). After the switch the root is an overlay,
+// so it is false from then on.
 func IsStage1() bool {
 	if os.Getpid() != 1 {
 		return false
@@ -40,80 +43,103 @@ func IsStage1() bool {
 	if err := unix.Statfs("/", &st); err != nil {
 		return false
 	}
-	if st.Type != unix.RAMFS_MAGIC && st.Type != unix.TMPFS_MAGIC {
-		return false
+	return st.Type == unix.RAMFS_MAGIC || st.Type == unix.TMPFS_MAGIC
+}
+
+// EnterRoot boots the VM's root and switches this process into it: when it
+// returns, the process is PID 1 of the VM's root and can serve as its init
+// (stage 2) without executing anything again, which under emulation saves
+// a second start of a large binary. It returns the VM's configuration,
+// also left at guestcfg.RunConfigPath for other readers. The initramfs's
+// files are freed in the background a few seconds later. On failure it
+// reports the error on the console and powers off; it never returns then.
+func EnterRoot() *guestcfg.VM {
+	vm, initramfs, err := run()
+	if err != nil {
+		fatal(err)
 	}
-	_, err := os.Stat(guestcfg.ConfigPath)
-	return err == nil
+	go func() {
+		time.Sleep(freeInitramfsDelay)
+		if err := freeInitramfs(initramfs); err != nil {
+			fmt.Fprintf(os.Stderr, "hyper-init: %v\n", err)
+		}
+	}()
+	return vm
 }
 
-// Stage1 boots the VM's root and re-executes the running binary in it. It
-// never returns.
+// Stage1 boots the VM's root and executes the running binary again in it,
+// for an init that cannot carry on in the same process. It never returns.
 func Stage1() {
-	err := run()
-	fatal(err)
+	// Opened before the switch: the initramfs holding the binary is
+	// emptied and becomes unreachable.
+	self, err := unix.Open("/init", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		fatal(fmt.Errorf("open /init: %w", err))
+	}
+	_, initramfs, err := run()
+	if err != nil {
+		fatal(err)
+	}
+	if err := freeInitramfs(initramfs); err != nil {
+		fatal(err)
+	}
+	fatal(execveat(self, os.Args, os.Environ()))
 }
 
-func run() error {
+// run builds the VM's root and switches to it. It returns the VM's
+// configuration and the initramfs, for freeInitramfs.
+func run() (*guestcfg.VM, *os.Root, error) {
 	start := time.Now()
 	if err := mountEarly(); err != nil {
-		return err
-	}
-	vm, err := readConfig()
-	if err != nil {
-		return err
-	}
-	plan, err := MakePlan(vm)
-	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	if err := loadModules(); err != nil {
-		return err
+		return nil, nil, err
 	}
 	modulesDone := time.Now()
-	for _, dev := range []string{vm.BaseDevice, vm.WritableDevice} {
+	for _, dev := range []string{guestcfg.BaseDevice, guestcfg.WritableDevice, guestcfg.ConfigDevice} {
 		if err := waitDevice(dev, DeviceTimeout); err != nil {
-			return err
+			return nil, nil, err
 		}
 	}
 	devicesDone := time.Now()
+	vm, err := readConfig(guestcfg.ConfigDevice)
+	if err != nil {
+		return nil, nil, err
+	}
+	plan := MakePlan()
 	for _, m := range plan.Mounts {
 		if err := os.MkdirAll(m.Target, 0o755); err != nil {
-			return fmt.Errorf("mkdir %s: %w", m.Target, err)
+			return nil, nil, fmt.Errorf("mkdir %s: %w", m.Target, err)
 		}
 		if err := unix.Mount(m.Source, m.Target, m.FSType, m.Flags, m.Data); err != nil {
-			return mountError(m, err)
+			return nil, nil, mountError(m, err)
 		}
 		for _, d := range m.Dirs {
 			if err := os.MkdirAll(d, 0o755); err != nil {
-				return fmt.Errorf("mkdir %s: %w", d, err)
+				return nil, nil, fmt.Errorf("mkdir %s: %w", d, err)
 			}
 		}
 	}
-	if err := copyConfig(); err != nil {
-		return err
+	if err := saveConfig(vm); err != nil {
+		return nil, nil, err
 	}
 	for _, mv := range plan.Moves {
 		if err := mkdirInRoot(mv.To); err != nil {
-			return err
+			return nil, nil, err
 		}
 		if err := unix.Mount(mv.From, mv.To, "", unix.MS_MOVE, ""); err != nil {
-			return fmt.Errorf("move mount %s to %s: %w", mv.From, mv.To, err)
+			return nil, nil, fmt.Errorf("move mount %s to %s: %w", mv.From, mv.To, err)
 		}
 	}
-	// Opened before the switch: the initramfs holding the binary is about
-	// to be emptied and become unreachable.
-	self, err := unix.Open("/init", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	initramfs, err := switchRoot()
 	if err != nil {
-		return fmt.Errorf("open /init: %w", err)
-	}
-	if err := switchRoot(); err != nil {
-		return err
+		return nil, nil, err
 	}
 	ms := func(d time.Duration) int64 { return d.Milliseconds() }
 	fmt.Fprintf(os.Stderr, "hyper-init: root ready in %dms (modules %dms, disks %dms, mounts %dms), starting the agent\n",
 		ms(time.Since(start)), ms(modulesDone.Sub(start)), ms(devicesDone.Sub(modulesDone)), ms(time.Since(devicesDone)))
-	return execveat(self, os.Args, os.Environ())
+	return vm, initramfs, nil
 }
 
 func mountEarly() error {
@@ -132,16 +158,18 @@ func mountEarly() error {
 	return nil
 }
 
-func readConfig() (*guestcfg.VM, error) {
-	data, err := os.ReadFile(guestcfg.ConfigPath)
+// readConfig reads the VM's configuration from the config disk.
+func readConfig(dev string) (*guestcfg.VM, error) {
+	f, err := os.Open(dev)
 	if err != nil {
-		return nil, fmt.Errorf("read vm config: %w", err)
+		return nil, fmt.Errorf("open the config disk: %w", err)
 	}
-	var vm guestcfg.VM
-	if err := json.Unmarshal(data, &vm); err != nil {
-		return nil, fmt.Errorf("vm config %s: %w", guestcfg.ConfigPath, err)
+	defer f.Close()
+	vm, err := guestcfg.DecodeDisk(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", dev, err)
 	}
-	return &vm, nil
+	return vm, nil
 }
 
 func loadModules() error {
@@ -204,15 +232,41 @@ func virtioDevices(dir string) ([]uint32, error) {
 		if err != nil {
 			continue
 		}
-		var id uint32
-		if _, err := fmt.Sscanf(strings.TrimSpace(string(b)), "0x%x", &id); err == nil {
-			ids = append(ids, id)
+		hex, ok := strings.CutPrefix(strings.TrimSpace(string(b)), "0x")
+		if !ok {
+			continue
+		}
+		if id, err := strconv.ParseUint(hex, 16, 32); err == nil {
+			ids = append(ids, uint32(id))
 		}
 	}
 	return ids, nil
 }
 
+// loadModule loads the module at path without its signature when the
+// kernel allows it, and as it is otherwise.
+//
+// Checking a module's signature (a SHA-256 of the whole module and an RSA
+// verification) is over a third of the time loading takes under TCG, and
+// it protects nothing here: the modules come from the same initramfs as
+// this unsigned init, built by the node from a kernel package whose sha256
+// it verified. The kernel marks itself tainted ("E") the first time. A
+// kernel that enforces signatures (module.sig_enforce, lockdown) refuses
+// the stripped copy, and the signed file is loaded instead.
 func loadModule(path, params string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("load module %s: %w", path, err)
+	}
+	if unsigned, ok := StripModuleSignature(data); ok {
+		err := unix.InitModule(unsigned, params)
+		if err == nil || errors.Is(err, unix.EEXIST) {
+			return nil
+		}
+		if !errors.Is(err, unix.EKEYREJECTED) && !errors.Is(err, unix.EPERM) {
+			return fmt.Errorf("load module %s (params %q): %w", path, params, err)
+		}
+	}
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("load module %s: %w", path, err)
@@ -263,9 +317,9 @@ func mountError(m Mount, err error) error {
 	return fmt.Errorf("%s: %w", what, err)
 }
 
-// copyConfig leaves the VM config on the /run tmpfs for stage 2.
-func copyConfig() error {
-	data, err := os.ReadFile(guestcfg.ConfigPath)
+// saveConfig leaves the VM config on the /run tmpfs for stage 2.
+func saveConfig(vm *guestcfg.VM) error {
+	data, err := json.Marshal(vm)
 	if err != nil {
 		return err
 	}
@@ -294,31 +348,22 @@ func mkdirInRoot(dir string) error {
 	return nil
 }
 
-// switchRoot frees the initramfs and makes NewRoot the root: what
-// switch_root(8) does. The initial rootfs cannot be unmounted, so its files
-// are deleted to give their memory back.
-func switchRoot() error {
-	var rootSt unix.Stat_t
-	if err := unix.Stat("/", &rootSt); err != nil {
-		return fmt.Errorf("stat /: %w", err)
-	}
-	entries, err := os.ReadDir("/")
+// switchRoot makes NewRoot the root: what switch_root(8) does, but for
+// freeing the initramfs. It returns the initramfs's root, which is no
+// longer reachable by path, for freeInitramfs.
+func switchRoot() (*os.Root, error) {
+	initramfs, err := os.OpenRoot("/")
 	if err != nil {
-		return fmt.Errorf("read /: %w", err)
+		return nil, fmt.Errorf("open the initramfs: %w", err)
 	}
-	for _, e := range entries {
-		p := "/" + e.Name()
-		if p == NewRoot {
-			continue
-		}
-		var st unix.Stat_t
-		if err := unix.Lstat(p, &st); err != nil || st.Dev != rootSt.Dev {
-			continue
-		}
-		if err := os.RemoveAll(p); err != nil {
-			return fmt.Errorf("free initramfs %s: %w", p, err)
-		}
+	if err := enterNewRoot(); err != nil {
+		initramfs.Close()
+		return nil, err
 	}
+	return initramfs, nil
+}
+
+func enterNewRoot() error {
 	if err := unix.Chdir(NewRoot); err != nil {
 		return fmt.Errorf("chdir %s: %w", NewRoot, err)
 	}
@@ -332,6 +377,44 @@ func switchRoot() error {
 		return fmt.Errorf("chdir /: %w", err)
 	}
 	return nil
+}
+
+// freeInitramfsDelay is how long after the switch EnterRoot frees the
+// initramfs: once the agent has answered the host, not while the boot
+// needs the vCPU.
+const freeInitramfsDelay = 5 * time.Second
+
+// freeInitramfs deletes the files of the initramfs (the initial rootfs
+// cannot be unmounted) to give their memory back, then closes it. The
+// running binary's own pages stay in use until it exits, which as PID 1 it
+// never does. Every mount was moved out of it by then; a directory of
+// another filesystem is left alone all the same.
+func freeInitramfs(initramfs *os.Root) error {
+	defer initramfs.Close()
+	root, err := initramfs.Stat(".")
+	if err != nil {
+		return fmt.Errorf("free initramfs: %w", err)
+	}
+	entries, err := fs.ReadDir(initramfs.FS(), ".")
+	if err != nil {
+		return fmt.Errorf("free initramfs: %w", err)
+	}
+	for _, e := range entries {
+		fi, err := initramfs.Lstat(e.Name())
+		if err != nil || !sameDevice(fi, root) {
+			continue
+		}
+		if err := initramfs.RemoveAll(e.Name()); err != nil {
+			return fmt.Errorf("free initramfs: %w", err)
+		}
+	}
+	return nil
+}
+
+func sameDevice(a, b fs.FileInfo) bool {
+	sa, ok1 := a.Sys().(*syscall.Stat_t)
+	sb, ok2 := b.Sys().(*syscall.Stat_t)
+	return ok1 && ok2 && sa.Dev == sb.Dev
 }
 
 // execveat runs the binary open at fd (execveat(2) with AT_EMPTY_PATH),

@@ -3,9 +3,11 @@ package guestinit
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"path"
 	"sort"
+	"strconv"
 	"strings"
 )
 
@@ -138,11 +140,11 @@ func virtioDeviceID(alias string) (uint32, bool) {
 	if !ok || len(rest) < 8 {
 		return 0, false
 	}
-	var id uint32
-	if _, err := fmt.Sscanf(rest[:8], "%08x", &id); err != nil {
+	id, err := strconv.ParseUint(rest[:8], 16, 32)
+	if err != nil {
 		return 0, false
 	}
-	return id, true
+	return uint32(id), true
 }
 
 // Core is what to load before looking at the devices, in load order: the
@@ -213,4 +215,27 @@ func (m *Modules) closure(roots []string, skip map[string]bool) []string {
 		}
 	}
 	return out
+}
+
+// moduleSigMagic ends a module with an appended signature; before it come
+// the signature and a 12-byte trailer whose last 4 bytes are the
+// signature's length, big-endian (the kernel's struct module_signature).
+const (
+	moduleSigMagic   = "~Module signature appended~\n"
+	moduleSigTrailer = 12
+)
+
+// StripModuleSignature returns a module's image without its appended
+// signature, and false when it has none (or a malformed one).
+func StripModuleSignature(ko []byte) ([]byte, bool) {
+	body, ok := bytes.CutSuffix(ko, []byte(moduleSigMagic))
+	if !ok || len(body) < moduleSigTrailer {
+		return nil, false
+	}
+	sigLen := uint64(binary.BigEndian.Uint32(body[len(body)-4:]))
+	body = body[:len(body)-moduleSigTrailer]
+	if sigLen == 0 || sigLen > uint64(len(body)) {
+		return nil, false
+	}
+	return body[:uint64(len(body))-sigLen], true
 }

@@ -3,7 +3,6 @@ package guestinit
 import (
 	"fmt"
 	"path"
-	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -34,32 +33,24 @@ type Plan struct {
 	Moves []Move
 }
 
-// MakePlan builds the mount plan for vm. The disks are mounted under a
-// staging tmpfs at /run (guestcfg.MountBase, guestcfg.MountWritable), the
+// MakePlan builds the mount plan of every VM. The disks are mounted under
+// a staging tmpfs at /run (guestcfg.MountBase, guestcfg.MountWritable), the
 // overlay is assembled at NewRoot from them, and /run is then moved into
 // the new root with /dev, /proc and /sys, so the disks stay reachable from
 // the final root without a byte written into the image or the VM's disk.
-func MakePlan(vm *guestcfg.VM) (*Plan, error) {
-	for field, dev := range map[string]string{"base_device": vm.BaseDevice, "writable_device": vm.WritableDevice} {
-		if !strings.HasPrefix(dev, "/dev/") || path.Clean(dev) != dev || strings.Contains(dev, "..") {
-			return nil, fmt.Errorf("vm config %s: field %s must be a /dev/ path, got %q", guestcfg.ConfigPath, field, dev)
-		}
-	}
-	if vm.BaseDevice == vm.WritableDevice {
-		return nil, fmt.Errorf("vm config %s: base_device and writable_device are both %s", guestcfg.ConfigPath, vm.BaseDevice)
-	}
+func MakePlan() *Plan {
 	upper := path.Join(guestcfg.MountWritable, "upper")
 	work := path.Join(guestcfg.MountWritable, "work")
 	return &Plan{
 		Mounts: []Mount{
 			{Source: "tmpfs", Target: "/run", FSType: "tmpfs", Flags: unix.MS_NOSUID | unix.MS_NODEV, Data: "mode=0755",
 				Dirs: []string{guestcfg.MountBase, guestcfg.MountWritable}},
-			{Source: vm.BaseDevice, Target: guestcfg.MountBase, FSType: "ext4", Flags: unix.MS_RDONLY},
+			{Source: guestcfg.BaseDevice, Target: guestcfg.MountBase, FSType: "ext4", Flags: unix.MS_RDONLY},
 			// noinit_itable: a fresh disk's inode tables are flagged
 			// uninitialised and need no zeroing, which the kernel would
 			// otherwise do in the background, competing with the boot
 			// and the workload for the vCPU.
-			{Source: vm.WritableDevice, Target: guestcfg.MountWritable, FSType: "ext4", Data: "noinit_itable",
+			{Source: guestcfg.WritableDevice, Target: guestcfg.MountWritable, FSType: "ext4", Data: "noinit_itable",
 				Dirs: []string{upper, work}},
 			{Source: "overlay", Target: NewRoot, FSType: "overlay",
 				Data: fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", guestcfg.MountBase, upper, work)},
@@ -70,5 +61,5 @@ func MakePlan(vm *guestcfg.VM) (*Plan, error) {
 			{From: "/proc", To: NewRoot + "/proc"},
 			{From: "/sys", To: NewRoot + "/sys"},
 		},
-	}, nil
+	}
 }

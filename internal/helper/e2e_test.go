@@ -15,7 +15,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/hypervm/hyper/internal/helper"
 	"github.com/hypervm/hyper/internal/suid"
@@ -100,7 +99,7 @@ func TestJailLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{suid.JailKernel, suid.JailInitrd, suid.JailBaseDisk, suid.JailDisk} {
+	for _, name := range []string{suid.JailKernel, suid.JailInitrd, suid.JailBaseDisk, suid.JailConfig, suid.JailDisk} {
 		if files[name] != "link" {
 			t.Errorf("%s placed by %q, want link (same filesystem)", name, files[name])
 		}
@@ -120,6 +119,7 @@ func TestJailLifecycle(t *testing.T) {
 		{filepath.Join(root, "vmlinux"), 0, 0, syscall.S_IFREG | 0o644, filepath.Join(e.kernel, "vmlinux")},
 		{filepath.Join(root, "initrd.img"), e.uid, e.gid, syscall.S_IFREG | 0o644, v.initrd},
 		{filepath.Join(root, "base.ext4"), e.uid, e.gid, syscall.S_IFREG | 0o644, v.imagePath},
+		{filepath.Join(root, "config.img"), e.uid, e.gid, syscall.S_IFREG | 0o644, v.config},
 		// The writable disk is the VM's, with the caller's group.
 		{filepath.Join(root, "disk.ext4"), v.uid, e.gid, syscall.S_IFREG | 0o660, v.disk},
 	} {
@@ -177,7 +177,7 @@ func TestJailLifecycle(t *testing.T) {
 	if st := statOf(t, v.disk); st.Nlink != 1 {
 		t.Errorf("disk has %d links after removal", st.Nlink)
 	}
-	for _, p := range []string{filepath.Join(e.kernel, "vmlinux"), v.imagePath, v.initrd} {
+	for _, p := range []string{filepath.Join(e.kernel, "vmlinux"), v.imagePath, v.initrd, v.config} {
 		if st := statOf(t, p); st.Nlink != 1 {
 			t.Errorf("%s has %d links after removal", p, st.Nlink)
 		}
@@ -239,77 +239,6 @@ func startAs(t *testing.T, cred *syscall.Credential) (*exec.Cmd, chan error) {
 	return cmd, done
 }
 
-func TestCgroupLifecycle(t *testing.T) {
-	e := need(t)
-	ctx := context.Background()
-	v := e.newVM(t)
-	if err := e.client.CreateCgroup(ctx, v.id, 0.5, 64<<20); err != nil {
-		t.Fatal(err)
-	}
-	for _, h := range e.hier {
-		dir := filepath.Join(h, e.cfg.Cgroup, v.id)
-		limits := map[string]string{}
-		switch filepath.Base(h) {
-		case "cpu":
-			limits = map[string]string{"cpu.cfs_quota_us": "50000", "cpu.cfs_period_us": "100000"}
-		case "memory":
-			limits = map[string]string{"memory.limit_in_bytes": "67108864"}
-		case "cgroup":
-			limits = map[string]string{"cpu.max": "50000 100000", "memory.max": "67108864"}
-		}
-		if _, err := os.Stat(dir); err != nil {
-			t.Fatal(err)
-		}
-		for f, want := range limits {
-			if got, _ := os.ReadFile(filepath.Join(dir, f)); strings.TrimSpace(string(got)) != want {
-				t.Errorf("%s/%s = %q, want %q", dir, f, got, want)
-			}
-		}
-	}
-	if ids, err := e.client.ListCgroups(ctx); err != nil || !slices.Contains(ids, v.id) {
-		t.Fatalf("list = %v, %v", ids, err)
-	}
-	cmd, done := startAs(t, e.cred())
-	if err := e.client.AttachCgroup(ctx, v.id, cmd.Process.Pid); err != nil {
-		t.Fatal(err)
-	}
-	cg, _ := os.ReadFile("/proc/" + strconv.Itoa(cmd.Process.Pid) + "/cgroup")
-	if !strings.Contains(string(cg), "/"+e.cfg.Cgroup+"/"+v.id+"\n") {
-		t.Fatalf("sleep not in the VM cgroup:\n%s", cg)
-	}
-	killed, err := e.client.KillCgroup(ctx, v.id)
-	if err != nil || killed != 1 {
-		t.Fatalf("kill = %d, %v", killed, err)
-	}
-	select {
-	case err := <-done:
-		var exit *exec.ExitError
-		if !errors.As(err, &exit) || exit.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
-			t.Fatalf("sleep ended with %v, want SIGKILL", err)
-		}
-		done <- err
-	case <-time.After(5 * time.Second):
-		t.Fatal("sleep survived cgroup kill")
-	}
-	if removed, err := e.client.RemoveCgroup(ctx, v.id); !removed || err != nil {
-		t.Fatalf("remove = %v, %v", removed, err)
-	}
-	for _, h := range e.hier {
-		if _, err := os.Stat(filepath.Join(h, e.cfg.Cgroup, v.id)); !os.IsNotExist(err) {
-			t.Errorf("cgroup survived in %s: %v", h, err)
-		}
-	}
-	if ids, err := e.client.ListCgroups(ctx); err != nil || slices.Contains(ids, v.id) {
-		t.Fatalf("list after remove = %v, %v", ids, err)
-	}
-	if removed, err := e.client.RemoveCgroup(ctx, v.id); removed || err != nil {
-		t.Fatalf("second remove = %v, %v", removed, err)
-	}
-	if killed, err := e.client.KillCgroup(ctx, v.id); killed != 0 || err != nil {
-		t.Fatalf("kill of a missing cgroup = %d, %v", killed, err)
-	}
-}
-
 // TestJailer runs the jailer op with a stand-in jailer that records what it
 // got: the exact argv from the config, no environment although the caller
 // set one, no descriptor above 2 although the caller passed two, root ids,
@@ -317,10 +246,11 @@ func TestCgroupLifecycle(t *testing.T) {
 func TestJailer(t *testing.T) {
 	e := need(t)
 	ctx := context.Background()
+	cgroups := e.delegated(t)
 	for _, netns := range []string{"", "hyper-net1"} {
 		v := e.newVM(t)
 		e.prepare(t, v)
-		if err := e.client.CreateCgroup(ctx, v.id, 1, 128<<20); err != nil {
+		if err := cgroups.Create(v.id, 1000, 128<<20); err != nil {
 			t.Fatal(err)
 		}
 		os.Remove(e.record)

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hypervm/hyper/internal/helper"
+	"github.com/hypervm/hyper/internal/suid"
 )
 
 // The end-to-end tests build the helper, install it setuid root in a
@@ -298,7 +299,8 @@ type vm struct {
 	id, image string
 	dir       string // <work>/vms/<id>
 	disk      string
-	initrd    string
+	initrd    string // the shared initramfs, below kernel.dir
+	config    string // the VM's config disk
 	imagePath string
 	uid       uint32
 }
@@ -320,15 +322,19 @@ func (e *testEnv) newVM(t *testing.T) *vm {
 	v := &vm{id: randomID(), image: fmt.Sprintf("%x", img), uid: uint32(e.cfg.Lo) + 1}
 	v.dir = filepath.Join(e.vms, v.id)
 	v.disk = filepath.Join(v.dir, "disk.ext4")
-	v.initrd = filepath.Join(v.dir, "initrd.img")
+	v.initrd = filepath.Join(e.kernel, suid.InitramfsDir, v.id+".cpio")
+	v.config = filepath.Join(v.dir, suid.JailConfig)
 	v.imagePath = filepath.Join(e.images, v.image+".ext4")
 	if err := os.Mkdir(v.dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Dir(v.initrd), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	for _, f := range []struct {
 		path string
 		mode os.FileMode
-	}{{v.dir, 0}, {v.disk, 0o640}, {v.initrd, 0o644}, {v.imagePath, 0o644}} {
+	}{{v.dir, 0}, {v.disk, 0o640}, {v.initrd, 0o644}, {v.config, 0o644}, {v.imagePath, 0o644}} {
 		if f.mode != 0 {
 			if err := os.WriteFile(f.path, []byte(filepath.Base(f.path)), f.mode); err != nil {
 				t.Fatal(err)
@@ -347,13 +353,14 @@ func (e *testEnv) newVM(t *testing.T) *vm {
 			t.Errorf("cleanup: %v", err)
 		}
 		os.RemoveAll(v.dir)
+		os.Remove(v.initrd)
 		os.Remove(v.imagePath)
 	})
 	return v
 }
 
 func (v *vm) jail() helper.Jail {
-	return helper.Jail{VM: v.id, UID: v.uid, GID: v.uid, Image: v.image}
+	return helper.Jail{VM: v.id, UID: v.uid, GID: v.uid, Image: v.image, Initrd: filepath.Base(v.initrd)}
 }
 
 func (e *testEnv) jailDir(id string) string  { return filepath.Join(e.work, "jails", "firecracker", id) }

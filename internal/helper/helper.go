@@ -12,7 +12,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -132,14 +131,15 @@ type Jail struct {
 	UID, GID uint32
 	Image    string // image id: <layer_dir>/images/<Image>.ext4 becomes base.ext4
 	Kernel   string // optional file name under kernel.dir; default kernel.vmlinux or vmlinux
+	Initrd   string // the shared initramfs: a file name under <kernel.dir>/initramfs
 }
 
-// PrepareJail builds the VM's chroot with its kernel, initramfs
-// (<work_dir>/vms/<vm>/initrd.img), base image and writable disk
+// PrepareJail builds the VM's chroot with its kernel, the shared initramfs,
+// base image, config disk (<work_dir>/vms/<vm>/config.img) and writable disk
 // (<work_dir>/vms/<vm>/disk.ext4, handed to the VM uid with the caller's
 // group). It returns how each file was placed (link, reflink or copy).
 func (c *Client) PrepareJail(ctx context.Context, j Jail) (map[string]string, error) {
-	r, err := c.result(ctx, suid.Request{Op: suid.OpJailPrepare, VM: j.VM, UID: j.UID, GID: j.GID, Image: j.Image, Kernel: j.Kernel})
+	r, err := c.result(ctx, suid.Request{Op: suid.OpJailPrepare, VM: j.VM, UID: j.UID, GID: j.GID, Image: j.Image, Kernel: j.Kernel, Initrd: j.Initrd})
 	return r.Files, err
 }
 
@@ -162,11 +162,15 @@ func (c *Client) RemoveJail(ctx context.Context, vm string) error {
 	return err
 }
 
-// CreateCgroup creates the VM's cgroup (and the parent, with controllers
-// enabled, if missing) with cpus CPUs (3 decimals) and mem bytes.
-func (c *Client) CreateCgroup(ctx context.Context, vm string, cpus float64, mem uint64) error {
-	_, err := c.result(ctx, suid.Request{Op: suid.OpCgroupCreate, VM: vm, MilliCPU: uint64(math.Round(cpus * 1000)), Mem: mem})
-	return err
+// Delegate hands the node's parent cgroup (jails.cgroup) to the caller,
+// who then creates VM cgroups, sets their limits and moves its own VMM
+// processes into them without the helper. Under cgroup v2 the helper also
+// moves the calling process itself into the parent's hyperd leaf, so call
+// it from hyperd's own process. Calling it again changes nothing.
+func (c *Client) Delegate(ctx context.Context) (suid.Delegation, error) {
+	var d suid.Delegation
+	err := c.run(ctx, suid.Request{Op: suid.OpCgroupDelegate}, &d)
+	return d, err
 }
 
 // KillCgroup kills every process in the VM's cgroup and waits until it is
@@ -187,12 +191,6 @@ func (c *Client) RemoveCgroup(ctx context.Context, vm string) (removed bool, err
 func (c *Client) ListCgroups(ctx context.Context) ([]string, error) {
 	r, err := c.result(ctx, suid.Request{Op: suid.OpCgroupList})
 	return r.VMs, err
-}
-
-// AttachCgroup moves pid, a process of the caller, into the VM's cgroup.
-func (c *Client) AttachCgroup(ctx context.Context, vm string, pid int) error {
-	_, err := c.result(ctx, suid.Request{Op: suid.OpCgroupAttach, VM: vm, PID: pid})
-	return err
 }
 
 // JailerCommand returns the command that becomes the VM's jailer: the

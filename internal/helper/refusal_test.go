@@ -26,7 +26,7 @@ type refusalCase struct {
 func u32(n uint32) string { return strconv.FormatUint(uint64(n), 10) }
 
 func prepareArgv(v *vm) []string {
-	return []string{"jail", "prepare", v.id, u32(v.uid), u32(v.uid), v.image}
+	return []string{"jail", "prepare", v.id, u32(v.uid), u32(v.uid), v.image, "--initrd", filepath.Base(v.initrd)}
 }
 
 func jailerArgv(v *vm) []string { return []string{"jailer", v.id, u32(v.uid), u32(v.uid)} }
@@ -93,7 +93,9 @@ func ensureJails(t *testing.T, e *testEnv) string {
 
 func refusalCases() []refusalCase {
 	vmArg := func(id string) func(*testing.T, *testEnv, *vm) []string {
-		return withVM(nil, func(v *vm) []string { return []string{"jail", "prepare", id, u32(v.uid), u32(v.uid), v.image} })
+		return withVM(nil, func(v *vm) []string {
+			return []string{"jail", "prepare", id, u32(v.uid), u32(v.uid), v.image, "--initrd", filepath.Base(v.initrd)}
+		})
 	}
 	prep := func(mutate func(t *testing.T, e *testEnv, v *vm)) func(*testing.T, *testEnv, *vm) []string {
 		return withVM(mutate, prepareArgv)
@@ -130,13 +132,13 @@ func refusalCases() []refusalCase {
 		{name: "vm id ..", want: "invalid vm-id", setup: args("jail", "remove", "..")},
 		{name: "vm id with path traversal", want: "invalid vm-id", setup: args("jail", "remove", "v/../../../../etc")},
 		{name: "image id upper case", want: "invalid image-id", setup: withVM(nil, func(v *vm) []string {
-			return []string{"jail", "prepare", v.id, u32(v.uid), u32(v.uid), strings.ToUpper(v.image)}
+			return []string{"jail", "prepare", v.id, u32(v.uid), u32(v.uid), strings.ToUpper(v.image), "--initrd", filepath.Base(v.initrd)}
 		})},
 		{name: "image id wrong length", want: "invalid image-id", setup: withVM(nil, func(v *vm) []string {
-			return []string{"jail", "prepare", v.id, u32(v.uid), u32(v.uid), v.image[2:]}
+			return []string{"jail", "prepare", v.id, u32(v.uid), u32(v.uid), v.image[2:], "--initrd", filepath.Base(v.initrd)}
 		})},
 		{name: "image id with ..", want: "invalid image-id", setup: withVM(nil, func(v *vm) []string {
-			return []string{"jail", "prepare", v.id, u32(v.uid), u32(v.uid), "../../" + v.image[6:]}
+			return []string{"jail", "prepare", v.id, u32(v.uid), u32(v.uid), "../../" + v.image[6:], "--initrd", filepath.Base(v.initrd)}
 		})},
 		{name: "kernel name with ..", want: "invalid --kernel", setup: withVM(nil, func(v *vm) []string {
 			return append(prepareArgv(v), "--kernel", "../../etc/shadow")
@@ -145,34 +147,34 @@ func refusalCases() []refusalCase {
 			return append(prepareArgv(v), "--kernel", "/boot/vmlinuz")
 		})},
 		{name: "uid 0", want: "invalid uid", setup: withVM(nil, func(v *vm) []string {
-			return []string{"jail", "prepare", v.id, "0", u32(v.uid), v.image}
+			return []string{"jail", "prepare", v.id, "0", u32(v.uid), v.image, "--initrd", filepath.Base(v.initrd)}
 		})},
 		{name: "gid 0", want: "invalid gid", setup: withVM(nil, func(v *vm) []string {
 			return []string{"jailer", v.id, u32(v.uid), "0"}
 		})},
 		{name: "uid with leading zero", want: "invalid uid", setup: withVM(nil, func(v *vm) []string {
-			return []string{"jail", "prepare", v.id, "0" + u32(v.uid), u32(v.uid), v.image}
+			return []string{"jail", "prepare", v.id, "0" + u32(v.uid), u32(v.uid), v.image, "--initrd", filepath.Base(v.initrd)}
 		})},
 		{name: "uid negative", want: "invalid uid", setup: withVM(nil, func(v *vm) []string {
 			return []string{"jailer", v.id, "-1", u32(v.uid)}
 		})},
 		{name: "uid below the range", want: "outside jails.uid_gid_range", setup: withVM(nil, func(v *vm) []string {
-			return []string{"jail", "prepare", v.id, u32(v.uid - 2), u32(v.uid), v.image}
+			return []string{"jail", "prepare", v.id, u32(v.uid - 2), u32(v.uid), v.image, "--initrd", filepath.Base(v.initrd)}
 		})},
 		{name: "uid above the range", want: "outside jails.uid_gid_range", setup: withVM(nil, func(v *vm) []string {
 			return []string{"jailer", v.id, u32(v.uid + 100), u32(v.uid)}
 		})},
 		{name: "gid above the range", want: "outside jails.uid_gid_range", setup: withVM(nil, func(v *vm) []string {
-			return []string{"jail", "prepare", v.id, u32(v.uid), u32(v.uid + 100), v.image}
+			return []string{"jail", "prepare", v.id, u32(v.uid), u32(v.uid + 100), v.image, "--initrd", filepath.Base(v.initrd)}
 		})},
 		{name: "uid of an existing user", want: `belongs to "daemon"`, setup: withVM(wide, func(v *vm) []string {
-			return []string{"jail", "prepare", v.id, "1", u32(v.uid), v.image}
+			return []string{"jail", "prepare", v.id, "1", u32(v.uid), v.image, "--initrd", filepath.Base(v.initrd)}
 		})},
 		{name: "gid of an existing group", want: `belongs to "daemon"`, setup: withVM(wide, func(v *vm) []string {
 			return []string{"jailer", v.id, u32(v.uid), "1"}
 		})},
 		{name: "uid of the caller", want: "caller's own", setup: withVM(wide, func(v *vm) []string {
-			return []string{"jail", "prepare", v.id, u32(env.uid), u32(v.uid), v.image}
+			return []string{"jail", "prepare", v.id, u32(env.uid), u32(v.uid), v.image, "--initrd", filepath.Base(v.initrd)}
 		})},
 		{name: "unknown op", want: "unknown operation", setup: args("jail", "chmod", "vabcdefghijklmnop")},
 		{name: "extra argument", want: "unexpected argument", setup: args("cgroup", "list", "extra")},
@@ -185,14 +187,16 @@ func refusalCases() []refusalCase {
 		{name: "netns without hyper- prefix", want: "invalid --netns", setup: withVM(nil, func(v *vm) []string {
 			return append(jailerArgv(v), "--netns", "../../proc/1/ns/net")
 		})},
-		{name: "cpu 0", want: "invalid --cpu", setup: withVM(nil, func(v *vm) []string {
-			return []string{"cgroup", "create", v.id, "--cpu", "0", "--mem", "1048576"}
-		})},
-		{name: "memory below 1MiB", want: "invalid --mem", setup: withVM(nil, func(v *vm) []string {
-			return []string{"cgroup", "create", v.id, "--cpu", "1", "--mem", "4096"}
-		})},
 		{name: "flag given twice", want: "given twice", setup: withVM(nil, func(v *vm) []string {
-			return []string{"cgroup", "create", v.id, "--cpu", "1", "--mem", "1048576", "--cpu", "1024"}
+			return []string{"jail", "prepare", v.id, u32(v.uid), u32(v.uid), v.image, "--kernel", "vmlinux", "--kernel", "vmlinux-2", "--initrd", filepath.Base(v.initrd)}
+		})},
+		{name: "delegate with an argument", want: "unexpected argument", setup: args("cgroup", "delegate", "--pid", "1")},
+		// Gone: hyperd makes and fills VM cgroups in its delegated parent.
+		{name: "removed op cgroup create", want: "unknown operation", setup: withVM(nil, func(v *vm) []string {
+			return []string{"cgroup", "create", v.id, "--cpu", "1", "--mem", "1048576"}
+		})},
+		{name: "removed op cgroup attach", want: "unknown operation", setup: withVM(nil, func(v *vm) []string {
+			return []string{"cgroup", "attach", v.id, "4242"}
 		})},
 		{name: "version with --config", want: "unexpected argument", setup: args("version", "--config", "/tmp/x.toml")},
 
@@ -238,6 +242,9 @@ func refusalCases() []refusalCase {
 		{name: "initramfs is a symlink", want: "symlink", setup: prep(func(t *testing.T, e *testEnv, v *vm) {
 			replaceWithSymlink(t, v.initrd, filepath.Join(e.kernel, "vmlinux"))
 		})},
+		{name: "config disk is a symlink", want: "symlink", setup: prep(func(t *testing.T, e *testEnv, v *vm) {
+			replaceWithSymlink(t, v.config, "/etc/shadow")
+		})},
 		{name: "base image is a symlink", want: "symlink", setup: prep(func(t *testing.T, e *testEnv, v *vm) {
 			replaceWithSymlink(t, v.imagePath, "/etc/passwd")
 		})},
@@ -273,6 +280,23 @@ func refusalCases() []refusalCase {
 			must(t, os.Remove(v.disk))
 			must(t, syscall.Mkfifo(v.disk, 0o660))
 			must(t, os.Chown(v.disk, int(e.uid), int(e.gid)))
+		})},
+		{name: "initramfs group-writable", want: "group/other-writable", setup: prep(func(t *testing.T, e *testEnv, v *vm) {
+			chownFor(t, v.initrd, int(e.uid), int(e.gid), 0o664)
+		})},
+		{name: "initramfs owned by the VM uid", want: "owned by root or the caller", setup: prep(func(t *testing.T, e *testEnv, v *vm) {
+			chownFor(t, v.initrd, int(v.uid), int(e.gid), 0o644)
+		})},
+		{name: "initramfs outside kernel.dir", code: 1, want: "no such file or directory", setup: prep(func(t *testing.T, e *testEnv, v *vm) {
+			// The name is looked up below <kernel.dir>/initramfs only: a
+			// file of that name elsewhere (the VM's directory) is not it.
+			must(t, os.Rename(v.initrd, filepath.Join(v.dir, filepath.Base(v.initrd))))
+		})},
+		{name: "config disk group-writable", want: "group/other-writable", setup: prep(func(t *testing.T, e *testEnv, v *vm) {
+			chownFor(t, v.config, int(e.uid), int(e.gid), 0o664)
+		})},
+		{name: "config disk unreadable by the VM", want: "not readable by others", setup: prep(func(t *testing.T, e *testEnv, v *vm) {
+			chownFor(t, v.config, int(e.uid), int(e.gid), 0o640)
 		})},
 		{name: "base image group-writable", want: "group/other-writable", setup: prep(func(t *testing.T, e *testEnv, v *vm) {
 			chownFor(t, v.imagePath, int(e.uid), int(e.gid), 0o664)
@@ -372,24 +396,41 @@ func refusalCases() []refusalCase {
 		{name: "jailer before jail prepare", code: 1, want: "no such file or directory", setup: jailer(func(t *testing.T, e *testEnv, v *vm) {
 			ensureJails(t, e)
 		})},
-		{name: "jailer without a cgroup", code: 1, want: "run cgroup create first", setup: jailer(prepared(nil))},
+		{name: "jailer without a cgroup", code: 1, want: "creates it in the delegated parent", setup: jailer(prepared(nil))},
 
-		// Cgroup attach: only the caller's own live processes.
-		{name: "attach pid 1", want: "invalid pid", setup: withVM(nil, func(v *vm) []string {
-			return []string{"cgroup", "attach", v.id, "1"}
-		})},
-		{name: "attach a root process", want: "belongs to uid 0", setup: func(t *testing.T, e *testEnv, v *vm) []string {
-			cmd, _ := startAs(t, &syscall.Credential{Uid: 0, Gid: 0})
-			return []string{"cgroup", "attach", v.id, strconv.Itoa(cmd.Process.Pid)}
+		// Cgroup delegation: only a parent that is root's or the caller's,
+		// and nobody else can write.
+		{name: "delegate a parent owned by another user", want: "owned by uid 4242, neither root nor the caller", setup: func(t *testing.T, e *testEnv, v *vm) []string {
+			parents := ensureParents(t, e)
+			chownFor(t, parents[len(parents)-1], 4242, 4242, 0o755)
+			return []string{"cgroup", "delegate"}
 		}},
-		{name: "attach a missing process", want: "process", setup: withVM(nil, func(v *vm) []string {
-			return []string{"cgroup", "attach", v.id, "4194304"}
-		})},
-		{name: "attach to a missing cgroup", code: 1, want: "file does not exist", setup: func(t *testing.T, e *testEnv, v *vm) []string {
-			cmd, _ := startAs(t, e.cred())
-			return []string{"cgroup", "attach", v.id, strconv.Itoa(cmd.Process.Pid)}
+		{name: "delegate a group-writable parent", want: "group/other-writable", setup: func(t *testing.T, e *testEnv, v *vm) []string {
+			parents := ensureParents(t, e)
+			chownFor(t, parents[0], 0, int(e.gid), 0o775)
+			return []string{"cgroup", "delegate"}
+		}},
+		{name: "delegate for a caller that is not the helper's parent", want: "not as the caller", setup: func(t *testing.T, e *testEnv, v *vm) []string {
+			if e.cgroupVersion() == 1 {
+				t.Skip("cgroup v1: the delegation moves no process")
+			}
+			return []string{"cgroup", "delegate"}
 		}},
 	}
+}
+
+// ensureParents makes the test's parent cgroup in every hierarchy, as
+// root, and returns their paths.
+func ensureParents(t *testing.T, e *testEnv) []string {
+	var out []string
+	for _, h := range e.hier {
+		p := filepath.Join(h, e.cfg.Cgroup)
+		if err := os.Mkdir(p, 0o755); err != nil && !os.IsExist(err) {
+			t.Fatal(err)
+		}
+		out = append(out, p)
+	}
+	return out
 }
 
 // TestRefusals runs every refusal as the unprivileged user against the

@@ -26,11 +26,11 @@ import (
 
 	"github.com/hypervm/hyper/internal/agent"
 	"github.com/hypervm/hyper/internal/agent/guestd"
+	"github.com/hypervm/hyper/internal/cgroup"
 	"github.com/hypervm/hyper/internal/config"
 	"github.com/hypervm/hyper/internal/disk"
 	"github.com/hypervm/hyper/internal/guest"
 	"github.com/hypervm/hyper/internal/guest/guesttest"
-	"github.com/hypervm/hyper/internal/guestcfg"
 	"github.com/hypervm/hyper/internal/helper"
 	"github.com/hypervm/hyper/internal/store"
 	"github.com/hypervm/hyper/internal/store/storetest"
@@ -40,9 +40,11 @@ import (
 )
 
 // BenchmarkCreateVM measures what hyperd itself adds to creating a VM: the
-// real Manager with a real store, the real setuid helper for the cgroup
+// real Manager with a real store, real cgroups made by the manager in the
+// parent cgroup the real setuid helper delegated to it (the helper still
+// removes them at stop), the real setuid helper for the other privileged
 // calls, real writable disks (clones of an mke2fs template) and the real
-// initrd writer, and a VMM that is ready at once (vmmtest) whose guest
+// config disk writer, and a VMM that is ready at once (vmmtest) whose guest
 // agent, a real guestd, answers from another process over a unix socket,
 // as QEMU's agent socket would. Each sub-benchmark creates its batch (200
 // one after the other, or 50 at once), reports latency percentiles,
@@ -53,7 +55,7 @@ import (
 // bench-create`). The helper needs root to be installed setuid; without
 // root an in-memory helper stands in and the sub-benchmark says so.
 // Everything on disk lives under $TMPDIR: its filesystem decides whether
-// disks and initrds are reflinked (XFS) or copied (ext4).
+// disks are reflinked (XFS) or copied (ext4).
 func BenchmarkCreateVM(b *testing.B) {
 	env := newBenchEnv(b)
 	type engine struct {
@@ -133,6 +135,8 @@ type benchEnv struct {
 	cgroup  string   // jails.cgroup: hyper-bench-<pid>
 	hier    []string // cgroup hierarchies the helper uses
 	helpers []benchHelper
+	// cgroups are the node's delegated cgroups, shared by every run.
+	cgroups Cgroups
 	guest   string // the guest agent's socket
 	initrd  *guest.Initramfs
 	disks   *disk.Maker
@@ -194,6 +198,7 @@ func (e *benchEnv) installHelpers(b *testing.B) {
 	if os.Geteuid() != 0 {
 		b.Log("not root: the setuid helper cannot be installed; an in-memory helper stands in (no cgroups)")
 		e.helpers = []benchHelper{{name: "in-memory", priv: nopHelper{}}}
+		e.cgroups = nopCgroups{}
 		return
 	}
 	var err error
@@ -242,6 +247,47 @@ func (e *benchEnv) installHelpers(b *testing.B) {
 	for i := range e.helpers {
 		e.helpers[i].floor = helperFloor(b, e.helpers[i].priv)
 	}
+	e.delegate(b, root)
+}
+
+// delegate has the helper hand the benchmark's parent cgroup over, as
+// hyperd does at start, and keeps the tree every run's manager uses. The
+// helper moves its caller into the parent under cgroup v2, so the caller
+// is this process (root), moved back at cleanup; under v1 the parent goes
+// to nobody, as it would to hyperd's user. The manager's cgroup writes run
+// in this process, as root, either way: the benchmark times them, and
+// internal/helper tests them as an unprivileged user.
+func (e *benchEnv) delegate(b *testing.B, root *helper.Client) {
+	b.Helper()
+	c := root
+	if len(e.hier) > 1 && len(e.helpers) > 1 {
+		c = e.helpers[1].priv.(*helper.Client)
+	}
+	if len(e.hier) == 1 {
+		self, err := os.ReadFile("/proc/self/cgroup")
+		if err != nil {
+			b.Fatal(err)
+		}
+		home := filepath.Join(e.hier[0], strings.TrimSpace(strings.TrimPrefix(string(self), "0::")))
+		b.Cleanup(func() {
+			if err := os.WriteFile(filepath.Join(home, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0); err != nil {
+				b.Errorf("move the benchmark back to %s: %v", home, err)
+			}
+		})
+	}
+	d, err := c.Delegate(context.Background())
+	if err != nil {
+		b.Fatalf("helper cgroup delegate: %v", err)
+	}
+	var parents []cgroup.Parent
+	for _, p := range d.Parents {
+		parents = append(parents, cgroup.Parent{Controller: p.Controller, Path: p.Path})
+	}
+	tree, err := cgroup.New(d.CgroupVersion, parents)
+	if err != nil {
+		b.Fatal(err)
+	}
+	e.cgroups = tree
 }
 
 // helperFloor returns the median time of the helper's cheapest
@@ -367,7 +413,7 @@ func (e *benchEnv) startGuest(b *testing.B) {
 }
 
 // buildInitramfs builds the real shared initramfs (the pinned guest
-// kernel's modules and hyper-agent) that every VM's initrd copies.
+// kernel's modules and hyper-agent) that every VM boots.
 func (e *benchEnv) buildInitramfs(b *testing.B) {
 	b.Helper()
 	k := guesttest.Kernel(b)
@@ -445,7 +491,7 @@ func (e *benchEnv) newRun(b *testing.B, st *store.Store, h benchHelper) *benchRu
 	}}, t: steps}
 	r.m = NewManager(Options{
 		Config: e.cfg, Node: "bench", Store: timedStore{st, steps}, Driver: r.driver,
-		Helper: timedHelper{h.priv, steps}, Disks: timedDisks{e.disks, steps}, Initramfs: timedInitrd{e.initrd, steps},
+		Helper: timedHelper{h.priv, steps}, Cgroups: timedCgroups{e.cgroups, steps}, Disks: timedDisks{e.disks, steps}, Initramfs: e.initrd.Path,
 		Kernel: guest.Kernel{Vmlinuz: "/boot/vmlinuz"},
 		Budget: NewBudget(Capacity{Memory: units.TiB, Disk: 100 * units.TiB, CPUs: 2}),
 		// hyperd logs every create and stop; the cost of formatting stays.
@@ -878,19 +924,24 @@ type timedHelper struct {
 	t *stepTimes
 }
 
-func (h timedHelper) CreateCgroup(ctx context.Context, vm string, cpus float64, mem uint64) error {
-	defer h.t.add("helper cgroup create", time.Now())
-	return h.Privileged.CreateCgroup(ctx, vm, cpus, mem)
-}
-
-func (h timedHelper) AttachCgroup(ctx context.Context, vm string, pid int) error {
-	defer h.t.add("helper cgroup attach", time.Now())
-	return h.Privileged.AttachCgroup(ctx, vm, pid)
-}
-
 func (h timedHelper) RemoveCgroup(ctx context.Context, vm string) (bool, error) {
 	defer h.t.add("helper cgroup remove", time.Now())
 	return h.Privileged.RemoveCgroup(ctx, vm)
+}
+
+type timedCgroups struct {
+	Cgroups
+	t *stepTimes
+}
+
+func (c timedCgroups) Create(id string, milliCPU, mem uint64) error {
+	defer c.t.add("cgroup create (delegated)", time.Now())
+	return c.Cgroups.Create(id, milliCPU, mem)
+}
+
+func (c timedCgroups) Attach(id string, pid int) error {
+	defer c.t.add("cgroup attach (delegated)", time.Now())
+	return c.Cgroups.Attach(id, pid)
 }
 
 type timedDisks struct {
@@ -903,25 +954,19 @@ func (d timedDisks) Create(ctx context.Context, path string, size units.Size) er
 	return d.Disks.Create(ctx, path, size)
 }
 
-type timedInitrd struct {
-	Initrd
-	t *stepTimes
-}
-
-func (i timedInitrd) WriteInitrd(dst string, vm *guestcfg.VM) error {
-	defer i.t.add("initrd write", time.Now())
-	return i.Initrd.WriteInitrd(dst, vm)
-}
-
 // nopHelper stands in for the setuid helper when the benchmark cannot
 // install it (not root).
 type nopHelper struct{}
 
-func (nopHelper) CreateCgroup(context.Context, string, float64, uint64) error { return nil }
-func (nopHelper) AttachCgroup(context.Context, string, int) error             { return nil }
-func (nopHelper) RemoveCgroup(context.Context, string) (bool, error)          { return true, nil }
-func (nopHelper) ListCgroups(context.Context) ([]string, error)               { return nil, nil }
-func (nopHelper) RemoveJail(context.Context, string) error                    { return nil }
+func (nopHelper) RemoveCgroup(context.Context, string) (bool, error) { return true, nil }
+func (nopHelper) ListCgroups(context.Context) ([]string, error)      { return nil, nil }
+func (nopHelper) RemoveJail(context.Context, string) error           { return nil }
+
+// nopCgroups stands in for the delegated cgroups without root.
+type nopCgroups struct{}
+
+func (nopCgroups) Create(string, uint64, uint64) error { return nil }
+func (nopCgroups) Attach(string, int) error            { return nil }
 
 // benchDriver is vmmtest's driver with a real process per VM, taken from a
 // pool started before the timed creates: the helper moves only a live

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"sync"
@@ -17,6 +18,7 @@ import (
 	"github.com/hypervm/hyper/internal/ids"
 	"github.com/hypervm/hyper/internal/instance"
 	"github.com/hypervm/hyper/internal/store"
+	"github.com/hypervm/hyper/internal/suid"
 	"github.com/hypervm/hyper/internal/units"
 	"github.com/hypervm/hyper/internal/vmm"
 )
@@ -58,21 +60,25 @@ type Store interface {
 
 // Privileged is the part of the setuid helper the manager uses.
 type Privileged interface {
-	CreateCgroup(ctx context.Context, vm string, cpus float64, mem uint64) error
-	AttachCgroup(ctx context.Context, vm string, pid int) error
 	RemoveCgroup(ctx context.Context, vm string) (bool, error)
 	ListCgroups(ctx context.Context) ([]string, error)
 	RemoveJail(ctx context.Context, vm string) error
 }
 
+// Cgroups makes VM cgroups in the node's parent cgroup, which the helper
+// delegated to hyperd: no helper process runs on the create path. Killing
+// and removing them stay with the helper (Privileged).
+type Cgroups interface {
+	// Create makes VM id's cgroup with milliCPU thousandths of a CPU and
+	// mem bytes of memory, undoing what it made on failure.
+	Create(id string, milliCPU, mem uint64) error
+	// Attach moves pid, a process of hyperd's, into VM id's cgroup.
+	Attach(id string, pid int) error
+}
+
 // Disks makes writable disks.
 type Disks interface {
 	Create(ctx context.Context, path string, size units.Size) error
-}
-
-// Initrd writes a VM's initrd: the shared initramfs plus its config.
-type Initrd interface {
-	WriteInitrd(dst string, vm *guestcfg.VM) error
 }
 
 // Options configure a Manager.
@@ -82,9 +88,10 @@ type Options struct {
 	Store     Store
 	Driver    vmm.Driver
 	Helper    Privileged
+	Cgroups   Cgroups
 	Disks     Disks
 	Cloner    Cloner
-	Initramfs Initrd
+	Initramfs string // the shared initramfs every VM boots
 	Kernel    guest.Kernel
 	Budget    *Budget
 	Logger    *slog.Logger
@@ -103,7 +110,7 @@ type Options struct {
 // File names in a VM's directory.
 const (
 	diskFile   = "disk.ext4"
-	initrdFile = "initrd.img"
+	configFile = suid.JailConfig
 )
 
 // Manager runs the VMs of one node: one supervisor goroutine per VM owns
@@ -247,12 +254,11 @@ func (m *Manager) create(ctx context.Context, id string, req CreateRequest, typ 
 	if err := makeDisk(ctx, disk); err != nil {
 		return fail("make writable disk", err)
 	}
-	initrd := filepath.Join(dir, initrdFile)
-	gcfg := &guestcfg.VM{ID: id, BaseDevice: vmm.BaseDevice, WritableDevice: vmm.WritableDevice, Image: imageConfig(image)}
-	if err := m.o.Initramfs.WriteInitrd(initrd, gcfg); err != nil {
-		return fail("write initrd", err)
+	gcfg := &guestcfg.VM{ID: id, Image: imageConfig(image)}
+	if err := guestcfg.WriteDisk(filepath.Join(dir, configFile), gcfg); err != nil {
+		return fail("write config disk", err)
 	}
-	if err := m.o.Helper.CreateCgroup(ctx, id, typ.VCPUs, uint64(typ.CgroupMemory())); err != nil {
+	if err := m.o.Cgroups.Create(id, uint64(math.Round(typ.VCPUs*1000)), uint64(typ.CgroupMemory())); err != nil {
 		return fail("create cgroup", err)
 	}
 	mc.spec = m.spec(row, typ)
@@ -306,8 +312,9 @@ func (m *Manager) validate(ctx context.Context, req CreateRequest) (instance.Typ
 func (m *Manager) spec(vm store.VM, typ instance.Type) vmm.Config {
 	dir := m.cfg.VMDir(vm.ID)
 	return vmm.Config{
-		ID: vm.ID, Dir: dir, Kernel: m.o.Kernel, Initrd: filepath.Join(dir, initrdFile),
-		BaseDisk: filepath.Join(m.cfg.ImagesDir(), vm.ImageID+".ext4"), WritableDisk: filepath.Join(dir, diskFile),
+		ID: vm.ID, Dir: dir, Kernel: m.o.Kernel, Initrd: m.o.Initramfs,
+		BaseDisk:     filepath.Join(m.cfg.ImagesDir(), vm.ImageID+".ext4"),
+		WritableDisk: filepath.Join(dir, diskFile), ConfigDisk: filepath.Join(dir, configFile),
 		VCPUs: typ.VCPUCount(), Memory: typ.Memory, DiskBandwidth: typ.DiskBW, BootArgs: vm.BootArgs,
 	}
 }
@@ -337,7 +344,7 @@ func (m *Manager) boot(ctx context.Context, mc *machine) error {
 	mc.vm = vm
 	mc.mu.Unlock()
 	if m.joinsCgroup {
-		if err := m.o.Helper.AttachCgroup(ctx, mc.id, vm.Pid()); err != nil {
+		if err := m.o.Cgroups.Attach(mc.id, vm.Pid()); err != nil {
 			return fmt.Errorf("move vmm into cgroup: %w", err)
 		}
 	}
@@ -583,7 +590,7 @@ func (m *Manager) teardown(ctx context.Context, mc *machine, state, reason strin
 
 // release frees a VM's resources in reverse order of creation: its cgroup
 // (killing whatever is in it, even a VMM that left its session), its jail,
-// its directory (disk, initrd, sockets; the console log is kept), its uid
+// its directory (disks, sockets; the console log is kept), its uid
 // and its budget. Each step is idempotent and best effort: a failure is
 // logged and the next step still runs, and the reaper retries leftovers.
 func (m *Manager) release(ctx context.Context, id string, uid uint32) {

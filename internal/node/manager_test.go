@@ -24,8 +24,10 @@ import (
 	"github.com/hypervm/hyper/internal/vmm/vmmtest"
 )
 
-// fakeHelper records the privileged calls the manager makes. The real
-// helper is exercised end to end in test/e2e; here what matters is that
+// fakeHelper records the privileged calls the manager makes, and the
+// cgroup calls it makes itself in the delegated parent (it is also the
+// manager's Cgroups). The real helper and cgroups are exercised in
+// internal/helper, internal/cgroup and test/e2e; here what matters is that
 // every cgroup the manager creates it also removes.
 type fakeHelper struct {
 	mu      sync.Mutex
@@ -44,7 +46,7 @@ func (h *fakeHelper) call(op, vm string) error {
 	return nil
 }
 
-func (h *fakeHelper) CreateCgroup(_ context.Context, vm string, _ float64, _ uint64) error {
+func (h *fakeHelper) Create(vm string, _, _ uint64) error {
 	if err := h.call("create-cgroup", vm); err != nil {
 		return err
 	}
@@ -54,7 +56,7 @@ func (h *fakeHelper) CreateCgroup(_ context.Context, vm string, _ float64, _ uin
 	return nil
 }
 
-func (h *fakeHelper) AttachCgroup(_ context.Context, vm string, _ int) error {
+func (h *fakeHelper) Attach(vm string, _ int) error {
 	return h.call("attach-cgroup", vm)
 }
 
@@ -91,12 +93,6 @@ func (fakeDisks) Create(_ context.Context, path string, size units.Size) error {
 	}
 	defer f.Close()
 	return f.Truncate(int64(size))
-}
-
-type initrdWriter struct{}
-
-func (initrdWriter) WriteInitrd(dst string, vm *guestcfg.VM) error {
-	return os.WriteFile(dst, []byte(vm.ID), 0o644)
 }
 
 type harness struct {
@@ -152,8 +148,8 @@ func newHarness(t *testing.T) *harness {
 
 func (h *harness) manager(capacity Capacity) *Manager {
 	return NewManager(Options{
-		Config: h.cfg, Node: "n1", Store: h.store, Driver: h.driver, Helper: h.helper,
-		Disks: fakeDisks{}, Initramfs: initrdWriter{}, Kernel: guest.Kernel{Vmlinuz: "/boot/vmlinuz"},
+		Config: h.cfg, Node: "n1", Store: h.store, Driver: h.driver, Helper: h.helper, Cgroups: h.helper,
+		Disks: fakeDisks{}, Initramfs: "/boot/initramfs.cpio", Kernel: guest.Kernel{Vmlinuz: "/boot/vmlinuz"},
 		Budget: NewBudget(capacity), RestartBackoff: time.Millisecond, CrashWindow: time.Minute, MaxCrashes: 2,
 		ExpiryInterval: 20 * time.Millisecond,
 	})

@@ -18,11 +18,10 @@ const (
 	OpJailGrantAPI   Op = "jail grant-api"
 	OpJailGrantVsock Op = "jail grant-vsock"
 	OpJailRemove     Op = "jail remove"
-	OpCgroupCreate   Op = "cgroup create"
+	OpCgroupDelegate Op = "cgroup delegate"
 	OpCgroupKill     Op = "cgroup kill"
 	OpCgroupRemove   Op = "cgroup remove"
 	OpCgroupList     Op = "cgroup list"
-	OpCgroupAttach   Op = "cgroup attach"
 	OpJailer         Op = "jailer"
 )
 
@@ -36,9 +35,7 @@ type Request struct {
 	UID, GID uint32
 	Image    string // image id: 64 lowercase hex
 	Kernel   string // optional kernel file name under kernel.dir
-	MilliCPU uint64 // CPU limit in thousandths of a CPU
-	Mem      uint64 // memory limit in bytes
-	PID      int
+	Initrd   string // initramfs file name under <kernel.dir>/initramfs
 	Netns    string // optional network namespace name ("hyper-...")
 }
 
@@ -50,9 +47,7 @@ const (
 	kGID
 	kImage
 	kKernel
-	kCPU
-	kMem
-	kPID
+	kInitrd
 	kNetns
 )
 
@@ -71,30 +66,19 @@ type opSpec struct {
 var specs = []opSpec{
 	{op: OpVersion},
 	{op: OpSysTest},
-	{op: OpJailPrepare, pos: []kind{kVM, kUID, kGID, kImage}, flags: []flagSpec{{"--kernel", kKernel, false}}},
+	{op: OpJailPrepare, pos: []kind{kVM, kUID, kGID, kImage}, flags: []flagSpec{{"--kernel", kKernel, false}, {"--initrd", kInitrd, true}}},
 	{op: OpJailGrantAPI, pos: []kind{kVM}},
 	{op: OpJailGrantVsock, pos: []kind{kVM}},
 	{op: OpJailRemove, pos: []kind{kVM}},
-	{op: OpCgroupCreate, pos: []kind{kVM}, flags: []flagSpec{{"--cpu", kCPU, true}, {"--mem", kMem, true}}},
+	{op: OpCgroupDelegate},
 	{op: OpCgroupKill, pos: []kind{kVM}},
 	{op: OpCgroupRemove, pos: []kind{kVM}},
 	{op: OpCgroupList},
-	{op: OpCgroupAttach, pos: []kind{kVM, kPID}},
 	{op: OpJailer, pos: []kind{kVM, kUID, kGID}, flags: []flagSpec{{"--netns", kNetns, false}}},
 }
 
 var kindNames = [...]string{kVM: "vm-id", kUID: "uid", kGID: "gid", kImage: "image-id",
-	kKernel: "--kernel", kCPU: "--cpu", kMem: "--mem", kPID: "pid", kNetns: "--netns"}
-
-// Limits on numeric arguments. The CPU floor keeps the CFS quota at or
-// above the kernel's 1 ms minimum with the 100 ms period used.
-const (
-	minMilliCPU = 10
-	maxMilliCPU = 1024 * 1000
-	minMem      = 1 << 20
-	maxMem      = 1 << 50
-	maxPID      = 1 << 22 // the kernel's PID_MAX_LIMIT
-)
+	kKernel: "--kernel", kInitrd: "--initrd", kNetns: "--netns"}
 
 // Parse reads argv (without the program name). Every argument is checked
 // against its grammar; anything unexpected is an error naming it.
@@ -193,24 +177,11 @@ func (r *Request) set(k kind, s string) error {
 			return bad("want a file name of [A-Za-z0-9._-] starting with a letter or digit")
 		}
 		r.Kernel = s
-	case kCPU:
-		m, ok := parseMilli(s)
-		if !ok || m < minMilliCPU || m > maxMilliCPU {
-			return bad("want a number of CPUs from 0.01 to 1024 with at most 3 decimals")
+	case kInitrd:
+		if !validName(s, 128) {
+			return bad("want a file name of [A-Za-z0-9._-] starting with a letter or digit")
 		}
-		r.MilliCPU = m
-	case kMem:
-		n, ok := parseDecimal(s, maxMem)
-		if !ok || n < minMem {
-			return bad(fmt.Sprintf("want a decimal byte count from %d to %d", minMem, uint64(maxMem)))
-		}
-		r.Mem = n
-	case kPID:
-		n, ok := parseDecimal(s, maxPID)
-		if !ok || n < 2 {
-			return bad("want a decimal pid above 1")
-		}
-		r.PID = int(n)
+		r.Initrd = s
 	case kNetns:
 		if !strings.HasPrefix(s, "hyper-") || !validName(s, 64) {
 			return bad("want hyper- followed by [A-Za-z0-9._-], at most 64 characters")
@@ -232,12 +203,8 @@ func (r Request) get(k kind) string {
 		return r.Image
 	case kKernel:
 		return r.Kernel
-	case kCPU:
-		return formatMilli(r.MilliCPU)
-	case kMem:
-		return strconv.FormatUint(r.Mem, 10)
-	case kPID:
-		return strconv.Itoa(r.PID)
+	case kInitrd:
+		return r.Initrd
 	case kNetns:
 		return r.Netns
 	}
@@ -286,26 +253,4 @@ func parseDecimal(s string, limit uint64) (uint64, bool) {
 	}
 	n, err := strconv.ParseUint(s, 10, 64)
 	return n, err == nil && n <= limit
-}
-
-// parseMilli reads "2", "0.5" or "1.125" as thousandths.
-func parseMilli(s string) (uint64, bool) {
-	whole, frac, dotted := strings.Cut(s, ".")
-	if dotted && (frac == "" || len(frac) > 3 || strings.Trim(frac, "0123456789") != "") {
-		return 0, false
-	}
-	w, ok := parseDecimal(whole, maxMilliCPU/1000)
-	if !ok {
-		return 0, false
-	}
-	f, _ := strconv.ParseUint((frac + "000")[:3], 10, 64)
-	return w*1000 + f, true
-}
-
-func formatMilli(m uint64) string {
-	s := strconv.FormatUint(m/1000, 10)
-	if f := m % 1000; f != 0 {
-		s += strings.TrimRight(fmt.Sprintf(".%03d", f), "0")
-	}
-	return s
 }

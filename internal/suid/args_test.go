@@ -19,18 +19,15 @@ func TestParseAccepts(t *testing.T) {
 	}{
 		{"version", Request{Op: OpVersion}},
 		{"sys-test", Request{Op: OpSysTest}},
-		{"jail prepare " + testVM + " 900001 900002 " + testImage, Request{Op: OpJailPrepare, VM: testVM, UID: 900001, GID: 900002, Image: testImage}},
-		{"jail prepare " + testVM + " 1 1 " + testImage + " --kernel vmlinux-6.1.0", Request{Op: OpJailPrepare, VM: testVM, UID: 1, GID: 1, Image: testImage, Kernel: "vmlinux-6.1.0"}},
+		{"jail prepare " + testVM + " 900001 900002 " + testImage + " --initrd k.cpio", Request{Op: OpJailPrepare, VM: testVM, UID: 900001, GID: 900002, Image: testImage, Initrd: "k.cpio"}},
+		{"jail prepare " + testVM + " 1 1 " + testImage + " --initrd k.cpio --kernel vmlinux-6.1.0", Request{Op: OpJailPrepare, VM: testVM, UID: 1, GID: 1, Image: testImage, Kernel: "vmlinux-6.1.0", Initrd: "k.cpio"}},
 		{"jail grant-api " + testVM, Request{Op: OpJailGrantAPI, VM: testVM}},
 		{"jail grant-vsock " + testVM, Request{Op: OpJailGrantVsock, VM: testVM}},
 		{"jail remove " + testVM, Request{Op: OpJailRemove, VM: testVM}},
-		{"cgroup create " + testVM + " --cpu 1.5 --mem 1073741824", Request{Op: OpCgroupCreate, VM: testVM, MilliCPU: 1500, Mem: 1 << 30}},
-		{"cgroup create " + testVM + " --mem 1048576 --cpu 0.01", Request{Op: OpCgroupCreate, VM: testVM, MilliCPU: 10, Mem: 1 << 20}},
-		{"cgroup create " + testVM + " --cpu 1024 --mem 1048576", Request{Op: OpCgroupCreate, VM: testVM, MilliCPU: 1024000, Mem: 1 << 20}},
+		{"cgroup delegate", Request{Op: OpCgroupDelegate}},
 		{"cgroup kill " + testVM, Request{Op: OpCgroupKill, VM: testVM}},
 		{"cgroup remove " + testVM, Request{Op: OpCgroupRemove, VM: testVM}},
 		{"cgroup list", Request{Op: OpCgroupList}},
-		{"cgroup attach " + testVM + " 4242", Request{Op: OpCgroupAttach, VM: testVM, PID: 4242}},
 		{"jailer " + testVM + " 900001 900001", Request{Op: OpJailer, VM: testVM, UID: 900001, GID: 900001}},
 		{"jailer " + testVM + " 900001 900001 --netns hyper-" + testVM, Request{Op: OpJailer, VM: testVM, UID: 900001, GID: 900001, Netns: "hyper-" + testVM}},
 	}
@@ -87,19 +84,15 @@ func TestParseRefuses(t *testing.T) {
 		{[]string{"jail", "prepare", vm, "900001", "900001", img, "--kernel", ".vmlinux"}},
 		{[]string{"jail", "prepare", vm, "900001", "900001", img, "--kernel"}},
 		{[]string{"jail", "prepare", vm, "900001", "900001", img, "--kernel", "a", "--kernel", "b"}},
-		{[]string{"cgroup", "create", vm, "--cpu", "1"}},
-		{[]string{"cgroup", "create", vm, "--cpu", "0", "--mem", "1048576"}},
-		{[]string{"cgroup", "create", vm, "--cpu", "0.001", "--mem", "1048576"}},
-		{[]string{"cgroup", "create", vm, "--cpu", "1.2345", "--mem", "1048576"}},
-		{[]string{"cgroup", "create", vm, "--cpu", "-1", "--mem", "1048576"}},
-		{[]string{"cgroup", "create", vm, "--cpu", "1.", "--mem", "1048576"}},
-		{[]string{"cgroup", "create", vm, "--cpu", "1025", "--mem", "1048576"}},
-		{[]string{"cgroup", "create", vm, "--cpu", "1", "--mem", "1k"}},
-		{[]string{"cgroup", "create", vm, "--cpu", "1", "--mem", "1048575"}},
-		{[]string{"cgroup", "create", vm, "--cpu", "1", "--mem", "1048576", "--cpu", "2"}},
-		{[]string{"cgroup", "attach", vm, "1"}},
-		{[]string{"cgroup", "attach", vm, "4194305"}},
-		{[]string{"cgroup", "attach", vm, "self"}},
+		{[]string{"jail", "prepare", vm, "900001", "900001", img}}, // no --initrd
+		{[]string{"jail", "prepare", vm, "900001", "900001", img, "--initrd", "../vms/x/initrd.img"}},
+		{[]string{"jail", "prepare", vm, "900001", "900001", img, "--initrd", "/tmp/evil.cpio"}},
+		{[]string{"jail", "prepare", vm, "900001", "900001", img, "--initrd", ".hidden"}},
+		{[]string{"cgroup", "delegate", vm}},
+		{[]string{"cgroup", "delegate", "--pid", "1"}},
+		// Removed ops: hyperd makes and fills VM cgroups itself.
+		{[]string{"cgroup", "create", vm, "--cpu", "1", "--mem", "1048576"}},
+		{[]string{"cgroup", "attach", vm, "4242"}},
 		{[]string{"jailer", vm, "900001", "900001", "--exec-file", "/bin/sh"}},
 		{[]string{"jailer", vm, "900001", "900001", "--", "--api-sock", "/x"}},
 		{[]string{"jailer", vm, "900001", "900001", "--netns", "foo"}},
@@ -110,14 +103,6 @@ func TestParseRefuses(t *testing.T) {
 	for _, c := range cases {
 		if r, err := Parse(c.argv); err == nil {
 			t.Errorf("Parse(%q) accepted: %+v", c.argv, r)
-		}
-	}
-}
-
-func TestFormatMilli(t *testing.T) {
-	for m, want := range map[uint64]string{10: "0.01", 1500: "1.5", 2000: "2", 1125: "1.125", 1024000: "1024"} {
-		if got := formatMilli(m); got != want {
-			t.Errorf("formatMilli(%d) = %q, want %q", m, got, want)
 		}
 	}
 }
@@ -155,8 +140,6 @@ var requestGen = rapid.Custom(func(t *rapid.T) Request {
 			r.GID = rapid.Uint32Range(1, 1<<32-2).Draw(t, "gid")
 		case kImage:
 			r.Image = rapid.StringMatching(`[0-9a-f]{64}`).Draw(t, "image")
-		case kPID:
-			r.PID = rapid.IntRange(2, maxPID).Draw(t, "pid")
 		}
 	}
 	for _, f := range sp.flags {
@@ -166,10 +149,8 @@ var requestGen = rapid.Custom(func(t *rapid.T) Request {
 		switch f.kind {
 		case kKernel:
 			r.Kernel = name.Draw(t, "kernel")
-		case kCPU:
-			r.MilliCPU = rapid.Uint64Range(minMilliCPU, maxMilliCPU).Draw(t, "cpu")
-		case kMem:
-			r.Mem = rapid.Uint64Range(minMem, maxMem).Draw(t, "mem")
+		case kInitrd:
+			r.Initrd = name.Draw(t, "initrd")
 		case kNetns:
 			r.Netns = "hyper-" + name.Draw(t, "netns")
 		}
@@ -194,7 +175,7 @@ func TestArgvRoundTrip(t *testing.T) {
 func FuzzParse(f *testing.F) {
 	for _, sp := range specs {
 		f.Add(strings.Join(Request{Op: sp.op, VM: testVM, UID: 900001, GID: 900001, Image: testImage,
-			MilliCPU: 1500, Mem: 1 << 30, PID: 42, Kernel: "vmlinux", Netns: "hyper-x"}.Argv(), "\x00"))
+			Kernel: "vmlinux", Initrd: "k.cpio", Netns: "hyper-x"}.Argv(), "\x00"))
 	}
 	f.Fuzz(func(t *testing.T, s string) {
 		r, err := Parse(strings.Split(s, "\x00"))

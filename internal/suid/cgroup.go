@@ -21,9 +21,6 @@ const cgroupRoot = "/sys/fs/cgroup"
 // limits (cpu, memory), the kill (freezer) and a fork-bomb fence (pids).
 var v1Controllers = []string{"cpu", "memory", "freezer", "pids"}
 
-// cfsPeriod is the CPU bandwidth period in microseconds.
-const cfsPeriod = 100000
-
 // Timeouts of the kill and the removal.
 var (
 	freezeTimeout = time.Second
@@ -117,47 +114,165 @@ func (c *cgroups) display(i int, rel ...string) string {
 	return filepath.Join(append([]string{c.hier[i].path}, rel...)...)
 }
 
-// create makes the parent (with controllers enabled) and the VM cgroup in
-// every hierarchy, then sets the limits. An existing cgroup is reused.
-func (c *cgroups) create(parent, id string, milliCPU, mem uint64) error {
-	quota := strconv.FormatUint(milliCPU*cfsPeriod/1000, 10)
+// DaemonCgroup is the leaf of the delegated v2 parent that the caller
+// (hyperd) is moved into. Under cgroup v2 a process may move another only
+// between cgroups whose common ancestor's cgroup.procs it can write, so
+// hyperd has to live inside the subtree it manages; and a v2 cgroup that
+// enables controllers for its children cannot hold processes itself.
+// The name is not a VM id, so list, kill and remove never see it.
+const DaemonCgroup = "hyperd"
+
+// v2DelegateFiles are the files of a delegated v2 cgroup that its
+// delegatee owns besides the directory (the kernel's cgroup-v2 document,
+// "Model of Delegation"). The limits of the parent itself stay root's.
+var v2DelegateFiles = []string{"cgroup.procs", "cgroup.subtree_control", "cgroup.threads"}
+
+// delegate makes the parent cgroup in every hierarchy (under v2 with the
+// cpu, memory and pids controllers enabled for its children, at the root
+// too) and hands it to uid:gid, who may then create VM cgroups below it,
+// set their limits and move its own processes into them, bounded by the
+// parent's limits, which stay root's. Run it as root. A parent owned by
+// anyone but root or uid, or writable by group or others, is refused
+// before anything changes. Doing it again changes nothing.
+func (c *cgroups) delegate(parent string, uid, gid int) ([]DelegatedCgroup, error) {
+	if err := c.checkParent(parent, uid); err != nil {
+		return nil, err
+	}
+	var out []DelegatedCgroup
 	for i, h := range c.hier {
 		if c.version == 2 {
 			if err := enableControllers(h.fd, h.path); err != nil {
-				return err
+				return nil, err
 			}
 		}
-		p, err := mkCgroup(h.fd, parent, c.display(i, parent))
+		if err := c.handOver(h.fd, parent, c.display(i, parent), uid, gid); err != nil {
+			return nil, err
+		}
+		out = append(out, DelegatedCgroup{Controller: h.ctrl, Path: c.display(i, parent)})
+	}
+	return out, nil
+}
+
+// checkParent refuses, before anything changes, a parent that exists in
+// some hierarchy and may not be handed to uid (see checkDelegable).
+func (c *cgroups) checkParent(parent string, uid int) error {
+	for i, h := range c.hier {
+		fd, err := openBeneath(h.fd, parent, c.display(i, parent), unix.O_RDONLY|unix.O_DIRECTORY, 0)
+		if notExist(err) {
+			continue
+		}
 		if err != nil {
 			return err
 		}
-		if c.version == 2 {
-			if err := enableControllers(p, c.display(i, parent)); err != nil {
-				unix.Close(p)
-				return err
-			}
+		err = checkDelegable(fd, c.display(i, parent), uid)
+		if err == nil {
+			err = checkOnlyOurs(fd, c.display(i, parent))
 		}
-		leaf, err := mkCgroup(p, id, c.display(i, parent, id))
-		unix.Close(p)
+		unix.Close(fd)
 		if err != nil {
 			return err
 		}
-		var limits [][2]string
-		switch h.ctrl {
-		case "":
-			limits = [][2]string{{"cpu.max", quota + " " + strconv.Itoa(cfsPeriod)}, {"memory.max", strconv.FormatUint(mem, 10)}}
-		case "cpu":
-			limits = [][2]string{{"cpu.cfs_period_us", strconv.Itoa(cfsPeriod)}, {"cpu.cfs_quota_us", quota}}
-		case "memory":
-			limits = [][2]string{{"memory.limit_in_bytes", strconv.FormatUint(mem, 10)}}
+	}
+	return nil
+}
+
+// checkOnlyOurs refuses an existing parent that holds processes or a
+// cgroup that is neither a VM's nor hyperd's: a jails.cgroup naming some
+// other service's cgroup by mistake must not hand that service to hyperd.
+func checkOnlyOurs(fd int, display string) error {
+	dup, err := unix.Openat(fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return pathErr("open", display, err)
+	}
+	d := os.NewFile(uintptr(dup), display)
+	entries, err := d.ReadDir(-1)
+	d.Close()
+	if err != nil {
+		return pathErr("read", display, err)
+	}
+	for _, e := range entries {
+		if e.IsDir() && !ValidVMID(e.Name()) && e.Name() != DaemonCgroup {
+			return refused("%s holds the cgroup %s, which is not Hyper's; refusing to delegate it (is jails.cgroup right?)", display, e.Name())
 		}
-		for _, l := range limits {
-			if err := writeFile(leaf, l[0], c.display(i, parent, id, l[0]), l[1]); err != nil {
-				unix.Close(leaf)
-				return err
-			}
+	}
+	procs, err := readFile(fd, "cgroup.procs", display+"/cgroup.procs")
+	if err != nil {
+		return err
+	}
+	if strings.TrimSpace(procs) != "" {
+		return refused("%s holds processes (%s); refusing to delegate it (is jails.cgroup right?)", display, strings.Join(strings.Fields(procs), " "))
+	}
+	return nil
+}
+
+// daemonLeaf makes <parent>/hyperd in a v2 tree, hands it to uid:gid and
+// returns it open.
+func (c *cgroups) daemonLeaf(parent string, uid, gid int) (int, error) {
+	p, err := openBeneath(c.hier[0].fd, parent, c.display(0, parent), unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return -1, err
+	}
+	defer unix.Close(p)
+	display := c.display(0, parent, DaemonCgroup)
+	if err := c.handOver(p, DaemonCgroup, display, uid, gid); err != nil {
+		return -1, err
+	}
+	return openBeneath(p, DaemonCgroup, display, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+}
+
+// handOver makes the cgroup name below dir unless it exists, checks it
+// may be handed to uid and chowns it (under v2 with its delegation files)
+// to uid:gid. Under v2 the controllers are enabled for its children first,
+// while root still owns it (not in the hyperd leaf: it holds processes).
+func (c *cgroups) handOver(dir int, name, display string, uid, gid int) error {
+	fd, err := mkCgroup(dir, name, display)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	if err := checkDelegable(fd, display, uid); err != nil {
+		return err
+	}
+	if c.version == 2 && name != DaemonCgroup {
+		if err := enableControllers(fd, display); err != nil {
+			return err
 		}
-		unix.Close(leaf)
+	}
+	if err := unix.Fchown(fd, uid, gid); err != nil {
+		return pathErr("chown", display, err)
+	}
+	if c.version != 2 {
+		return nil
+	}
+	for _, f := range v2DelegateFiles {
+		ffd, err := openBeneath(fd, f, display+"/"+f, unix.O_RDONLY, 0)
+		if err != nil {
+			return err
+		}
+		err = unix.Fchown(ffd, uid, gid)
+		unix.Close(ffd)
+		if err != nil {
+			return pathErr("chown", display+"/"+f, err)
+		}
+	}
+	return nil
+}
+
+// checkDelegable requires a directory that root or uid owns and that no
+// one else may write: anything else was made by someone else, and handing
+// it over would give uid what is theirs.
+func checkDelegable(fd int, display string, uid int) error {
+	st, err := fstat(fd, display)
+	if err != nil {
+		return err
+	}
+	switch {
+	case !isType(st, unix.S_IFDIR):
+		return refused("%s is not a directory", display)
+	case st.Uid != 0 && int64(st.Uid) != int64(uid):
+		return refused("%s is owned by uid %d, neither root nor the caller (uid %d); refusing to take it over", display, st.Uid, uid)
+	case st.Mode&0o022 != 0:
+		return refused("%s is group/other-writable (mode %04o); refusing to delegate it", display, st.Mode&0o7777)
 	}
 	return nil
 }

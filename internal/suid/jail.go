@@ -13,15 +13,22 @@ import (
 )
 
 // Names inside a VM's chroot: the contract with the Firecracker driver,
-// which refers to them as /vmlinux, /initrd.img and so on.
+// which refers to them as /vmlinux, /initrd.img and so on. JailConfig is
+// also the config disk's name in the VM's directory, where the node writes
+// it and the helper takes it from.
 const (
 	JailKernel      = "vmlinux"
 	JailInitrd      = "initrd.img"
+	JailConfig      = "config.img"
 	JailBaseDisk    = "base.ext4"
 	JailDisk        = "disk.ext4"
 	JailAPISocket   = "api.socket"
 	JailVsockSocket = "vsock.socket"
 )
+
+// InitramfsDir is where, below kernel.dir, the node keeps the shared
+// initramfs archives (guest.Provider's cache).
+const InitramfsDir = "initramfs"
 
 // jailExec is the jailer's <exec-file basename> level of the chroot path;
 // it is fixed because checkBinary pins the basename of tools.firecracker.
@@ -96,8 +103,9 @@ func (h *helper) jailPrepare(r Request) (*Result, error) {
 	return res, err
 }
 
-// openSources opens the kernel, initramfs, base image and writable disk as
-// the caller, each resolved below a directory from the trusted config.
+// openSources opens the kernel, the shared initramfs, the base image, the
+// VM's config disk and its writable disk as the caller, each resolved below
+// a directory from the trusted config.
 func (h *helper) openSources(work int, r Request) (shared []source, disk source, err error) {
 	kdir, kname := h.cfg.Kernel.Dir, JailKernel
 	switch {
@@ -109,8 +117,9 @@ func (h *helper) openSources(work int, r Request) (shared []source, disk source,
 	vm := filepath.Join("vms", r.VM)
 	for _, s := range []struct{ name, dir, rel string }{
 		{JailKernel, kdir, kname},
-		{JailInitrd, h.cfg.WorkDir, filepath.Join(vm, JailInitrd)},
+		{JailInitrd, h.cfg.Kernel.Dir, filepath.Join(InitramfsDir, r.Initrd)},
 		{JailBaseDisk, h.cfg.Disk.LayerDir, filepath.Join("images", r.Image+".ext4")},
+		{JailConfig, h.cfg.WorkDir, filepath.Join(vm, JailConfig)},
 	} {
 		f, st, err := openSource(work, s.dir, h.cfg.WorkDir, s.rel, unix.O_RDONLY)
 		if err != nil {
@@ -390,7 +399,7 @@ func (h *helper) jailer(r Request) error {
 	}
 	leaves, err := cg.openLeaves(h.cfg.Jails.Cgroup, r.VM)
 	if err != nil {
-		return fmt.Errorf("cgroup of %s (run cgroup create first): %w", r.VM, err)
+		return fmt.Errorf("cgroup of %s (the node creates it in the delegated parent before the jailer): %w", r.VM, err)
 	}
 	argv := []string{jailer, "--id", r.VM, "--exec-file", fc,
 		"--uid", strconv.FormatUint(uint64(r.UID), 10), "--gid", strconv.FormatUint(uint64(r.GID), 10),

@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -32,8 +33,8 @@ type Build struct {
 	ConfigPath string
 }
 
-// Result is the JSON object printed by every op except version, sys-test
-// and jailer. Which fields are set depends on the op.
+// Result is the JSON object printed by every op except version, sys-test,
+// cgroup delegate and jailer. Which fields are set depends on the op.
 type Result struct {
 	Result string            `json:"result"`
 	Path   string            `json:"path,omitempty"`
@@ -58,6 +59,22 @@ type SysTest struct {
 	CgroupVersion int             `json:"cgroup_version"`
 	CgroupParent  string          `json:"cgroup_parent"`
 	Tools         map[string]Tool `json:"tools"`
+}
+
+// Delegation is printed by cgroup delegate: the cgroups the caller now
+// manages itself.
+type Delegation struct {
+	Result        string            `json:"result"` // "delegated"
+	CgroupVersion int               `json:"cgroup_version"`
+	Parents       []DelegatedCgroup `json:"parents"`
+	// Self is, under cgroup v2, the cgroup the caller was moved into.
+	Self string `json:"self,omitempty"`
+}
+
+// DelegatedCgroup is the node's parent cgroup in one hierarchy.
+type DelegatedCgroup struct {
+	Controller string `json:"controller,omitempty"` // v1 hierarchy; empty under v2
+	Path       string `json:"path"`                 // absolute
 }
 
 // Tool is the binary check of one configured program.
@@ -136,6 +153,8 @@ func run(b Build, args []string) (any, error) {
 		return h.jailRemove(req)
 	case OpJailer:
 		return nil, h.jailer(req)
+	case OpCgroupDelegate:
+		return h.delegate()
 	}
 	return h.cgroupOp(req)
 }
@@ -183,13 +202,9 @@ func (h *helper) cgroupOp(r Request) (*Result, error) {
 	defer cg.close()
 	parent := h.cfg.Jails.Cgroup
 	switch r.Op {
-	case OpCgroupCreate:
-		return &Result{Result: "created"}, asRoot(func() error { return cg.create(parent, r.VM, r.MilliCPU, r.Mem) })
 	case OpCgroupList:
 		ids, err := cg.list(parent)
 		return &Result{Result: "listed", VMs: ids}, err
-	case OpCgroupAttach:
-		return &Result{Result: "attached"}, h.attach(cg, r)
 	case OpCgroupKill:
 		res := &Result{Result: "absent"}
 		leaves, found, err := cg.open(parent + "/" + r.VM)
@@ -212,44 +227,103 @@ func (h *helper) cgroupOp(r Request) (*Result, error) {
 	return nil, refused("unknown operation %q", r.Op)
 }
 
-// attach moves a process of the caller into the VM cgroup (for VMMs the
-// node starts itself, such as QEMU). The pidfd pins the process: the
-// owner check is valid only if the same process is still alive after it,
-// and the move only if it is still alive after the move.
-func (h *helper) attach(cg *cgroups, r Request) error {
-	pidfd, err := unix.PidfdOpen(r.PID, 0)
+// delegate hands the node's parent cgroup to the caller (see
+// cgroups.delegate). Under cgroup v2 it also moves the caller into the
+// parent's hyperd leaf (see DaemonCgroup). The process moved is never one
+// the caller names: it is the helper's own parent, checked to run as the
+// caller.
+func (h *helper) delegate() (*Delegation, error) {
+	cg, err := openCgroups(cgroupRoot)
 	if err != nil {
-		return refused("process %d: %v", r.PID, err)
+		return nil, err
 	}
-	defer unix.Close(pidfd)
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", r.PID))
-	if err != nil {
-		return refused("process %d: %v", r.PID, err)
+	defer cg.close()
+	if err := cg.checkParent(h.cfg.Jails.Cgroup, caller.uid); err != nil {
+		return nil, err
 	}
-	var ruid int = -1
-	for _, line := range strings.Split(string(status), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "Uid:" {
-			fmt.Sscan(f[1], &ruid)
+	d := &Delegation{Result: "delegated", CgroupVersion: cg.version}
+	var parent pinned
+	if cg.version == 2 {
+		if parent, err = pinParent(); err != nil {
+			return nil, err
 		}
+		defer parent.close()
 	}
-	if ruid != caller.uid {
-		return refused("process %d belongs to uid %d, not the caller", r.PID, ruid)
-	}
-	if err := unix.PidfdSendSignal(pidfd, 0, nil, 0); err != nil {
-		return refused("process %d exited: %v", r.PID, err)
-	}
-	leaves, err := cg.openLeaves(h.cfg.Jails.Cgroup, r.VM)
-	if err != nil {
-		return err
-	}
-	defer closeAll(leaves)
-	return asRoot(func() error {
-		if err := cg.attach(leaves, r.PID); err != nil {
+	err = asRoot(func() error {
+		var err error
+		if d.Parents, err = cg.delegate(h.cfg.Jails.Cgroup, caller.uid, caller.gid); err != nil || cg.version != 2 {
 			return err
 		}
-		if err := unix.PidfdSendSignal(pidfd, 0, nil, 0); err != nil {
-			return fmt.Errorf("process %d exited while being attached: %w", r.PID, err)
+		leaf, err := cg.daemonLeaf(h.cfg.Jails.Cgroup, caller.uid, caller.gid)
+		if err != nil {
+			return err
 		}
-		return nil
+		defer unix.Close(leaf)
+		d.Self = cg.display(0, h.cfg.Jails.Cgroup, DaemonCgroup)
+		return parent.moveInto(leaf, d.Self)
 	})
+	if err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// pinned is a process held by a pidfd, so that a check made on its pid
+// can be confirmed to still be about the same process afterwards.
+type pinned struct{ pid, fd int }
+
+// pinParent pins the helper's parent process and requires it to run as
+// the caller (real uid): the caller can only ever have itself moved.
+func pinParent() (pinned, error) {
+	pid := unix.Getppid()
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return pinned{}, refused("calling process %d: %v", pid, err)
+	}
+	p := pinned{pid, fd}
+	// An orphan is re-parented as its parent exits, before the parent
+	// becomes a zombie: an unchanged parent after pidfd_open means the
+	// descriptor is the live parent's.
+	if unix.Getppid() != pid {
+		p.close()
+		return pinned{}, refused("calling process %d exited", pid)
+	}
+	ruid, err := realUID(pid)
+	if err != nil {
+		p.close()
+		return pinned{}, refused("calling process %d: %v", pid, err)
+	}
+	if ruid != caller.uid {
+		p.close()
+		return pinned{}, refused("calling process %d runs as uid %d, not as the caller (uid %d): only the caller itself may be moved", pid, ruid, caller.uid)
+	}
+	return p, nil
+}
+
+// moveInto writes the process into the cgroup.procs of dir and checks it
+// was still alive afterwards, so the pid did not name a recycled process.
+func (p pinned) moveInto(dir int, display string) error {
+	if err := writeFile(dir, "cgroup.procs", display+"/cgroup.procs", strconv.Itoa(p.pid)); err != nil {
+		return err
+	}
+	if err := unix.PidfdSendSignal(p.fd, 0, nil, 0); err != nil {
+		return fmt.Errorf("calling process %d exited while being moved: %w", p.pid, err)
+	}
+	return nil
+}
+
+func (p pinned) close() { unix.Close(p.fd) }
+
+// realUID reads the real uid of a process from /proc.
+func realUID(pid int) (int, error) {
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return -1, err
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "Uid:" {
+			return strconv.Atoi(f[1])
+		}
+	}
+	return -1, fmt.Errorf("/proc/%d/status has no Uid line", pid)
 }

@@ -31,8 +31,11 @@ type Config struct {
 	Dir string
 	// Kernel is the guest kernel; a driver picks the image format it boots.
 	Kernel guest.Kernel
-	// Initrd is the VM's initrd (guest.Initramfs.WriteInitrd).
+	// Initrd is the shared initramfs every VM boots (guest.Initramfs).
 	Initrd string
+	// ConfigDisk is the VM's config disk (guestcfg.WriteDisk), attached
+	// read-only as the third disk (guestcfg.ConfigDevice).
+	ConfigDisk string
 	// BaseDisk is the image's ext4 rootfs, attached read-only as the first
 	// disk (/dev/vda); WritableDisk is the VM's own disk (/dev/vdb).
 	BaseDisk     string
@@ -45,12 +48,6 @@ type Config struct {
 	// BootArgs are appended to the driver's kernel command line.
 	BootArgs string
 }
-
-// Guest device names, in the order drivers attach the disks.
-const (
-	BaseDevice     = "/dev/vda"
-	WritableDevice = "/dev/vdb"
-)
 
 var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`)
 
@@ -72,6 +69,8 @@ func (c *Config) Validate() error {
 		return bad("BaseDisk", "must be an absolute path (got %q)", c.BaseDisk)
 	case !filepath.IsAbs(c.WritableDisk):
 		return bad("WritableDisk", "must be an absolute path (got %q)", c.WritableDisk)
+	case !filepath.IsAbs(c.ConfigDisk):
+		return bad("ConfigDisk", "must be an absolute path (got %q)", c.ConfigDisk)
 	case c.VCPUs < 1 || c.VCPUs > 32:
 		return bad("VCPUs", "must be 1-32 (got %d)", c.VCPUs)
 	case c.Memory < 64*units.MiB || c.Memory%units.MiB != 0:

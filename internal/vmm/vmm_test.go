@@ -11,7 +11,7 @@ import (
 
 func TestConfigValidate(t *testing.T) {
 	good := vmm.Config{ID: "vm-1", Dir: "/d", Kernel: guest.Kernel{Vmlinuz: "/k"}, Initrd: "/i",
-		BaseDisk: "/b", WritableDisk: "/w", VCPUs: 1, Memory: 256 * units.MiB}
+		BaseDisk: "/b", WritableDisk: "/w", ConfigDisk: "/c", VCPUs: 1, Memory: 256 * units.MiB}
 	if err := good.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -22,6 +22,7 @@ func TestConfigValidate(t *testing.T) {
 		"Initrd":        func(c *vmm.Config) { c.Initrd = "" },
 		"BaseDisk":      func(c *vmm.Config) { c.BaseDisk = "b" },
 		"WritableDisk":  func(c *vmm.Config) { c.WritableDisk = "" },
+		"ConfigDisk":    func(c *vmm.Config) { c.ConfigDisk = "c" },
 		"VCPUs":         func(c *vmm.Config) { c.VCPUs = 0 },
 		"Memory":        func(c *vmm.Config) { c.Memory = 100*units.MiB + 1 },
 		"DiskBandwidth": func(c *vmm.Config) { c.DiskBandwidth = -1 },

@@ -16,6 +16,8 @@ import (
 
 	"github.com/hypervm/hyper/internal/guest/guesttest"
 	"github.com/hypervm/hyper/internal/image/imagetest"
+	"github.com/hypervm/hyper/internal/store"
+	"github.com/hypervm/hyper/internal/suid"
 )
 
 // vmNode is a hyperd that runs real guests: the real setuid helper
@@ -36,6 +38,9 @@ func newVMNode(t *testing.T, vmmSection string) *vmNode {
 	}
 	k := guesttest.Kernel(t)
 	cgroup := fmt.Sprintf("hyper-e2e-%d-%d", os.Getpid(), time.Now().UnixNano()%100000)
+	// Registered before the node, so it runs after hyperd has stopped:
+	// the parent cgroup (and under v2 hyperd's leaf in it) can go then.
+	t.Cleanup(func() { removeCgroupParents(cgroup) })
 	n := newNode(t, "")
 	vn := &vmNode{node: n, cgroup: cgroup}
 
@@ -180,26 +185,78 @@ func (vn *vmNode) checkNoLeaks(t *testing.T) {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
-	for _, root := range []string{"/sys/fs/cgroup/cpu", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"} {
-		dir := filepath.Join(root, vn.cgroup)
+	for _, dir := range cgroupParents(vn.cgroup) {
 		entries, err := os.ReadDir(dir)
 		if err != nil {
 			continue
 		}
 		for _, e := range entries {
-			if e.IsDir() {
+			// Under cgroup v2 the delegated parent also holds hyperd's
+			// own leaf, which is not a VM's.
+			if e.IsDir() && e.Name() != suid.DaemonCgroup {
 				t.Errorf("cgroup left: %s/%s", dir, e.Name())
 				_ = os.Remove(filepath.Join(dir, e.Name()))
 			}
 		}
+	}
+	// A VM's directory holds its disks and sockets; a jail holds the
+	// Firecracker VM's links and sockets.
+	for _, dir := range []string{filepath.Join(vn.workDir, "vms"), filepath.Join(vn.workDir, "jails", "firecracker")} {
+		if entries, err := os.ReadDir(dir); err == nil && len(entries) > 0 {
+			var names []string
+			for _, e := range entries {
+				names = append(names, e.Name())
+			}
+			t.Errorf("left in %s: %v", dir, names)
+		}
+	}
+	vn.checkNoUIDClaims(t)
+}
+
+// cgroupParents lists the node's parent cgroup in every hierarchy that may
+// hold it: the v1 controllers the helper uses, and cgroup2 (hybrid or
+// unified).
+func cgroupParents(name string) []string {
+	var dirs []string
+	for _, root := range []string{"/sys/fs/cgroup/cpu", "/sys/fs/cgroup/memory", "/sys/fs/cgroup/freezer", "/sys/fs/cgroup/pids", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"} {
+		dirs = append(dirs, filepath.Join(root, name))
+	}
+	return dirs
+}
+
+// removeCgroupParents removes the node's parent cgroups once nothing runs
+// in them; what is left then is a leak checkNoLeaks has reported.
+func removeCgroupParents(name string) {
+	for _, dir := range cgroupParents(name) {
+		_ = os.Remove(filepath.Join(dir, suid.DaemonCgroup))
 		_ = os.Remove(dir)
 	}
-	if entries, err := os.ReadDir(filepath.Join(vn.workDir, "vms")); err == nil && len(entries) > 0 {
-		var names []string
-		for _, e := range entries {
-			names = append(names, e.Name())
-		}
-		t.Errorf("vm directories left: %v", names)
+}
+
+// checkNoUIDClaims reads the node's store (SQLite in WAL mode lets a
+// second reader in while hyperd runs): every uid claim belongs to a live
+// VM, and a test leaves none.
+func (vn *vmNode) checkNoUIDClaims(t *testing.T) {
+	t.Helper()
+	path := filepath.Join(vn.workDir, "hyper.db")
+	if _, err := os.Stat(path); err != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := store.Open(ctx, path)
+	if err != nil {
+		t.Errorf("leak check: open the store: %v", err)
+		return
+	}
+	defer st.Close()
+	claims, err := st.ListUIDClaims(ctx, vn.name)
+	if err != nil {
+		t.Errorf("leak check: uid claims: %v", err)
+		return
+	}
+	if len(claims) > 0 {
+		t.Errorf("uid claims left: %v", claims)
 	}
 }
 

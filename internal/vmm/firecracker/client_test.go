@@ -139,7 +139,7 @@ func TestAgainstStandIn(t *testing.T) {
 	elf := make([]byte, 64)
 	copy(elf, "\x7fELF\x02\x01\x01")
 	elf[16], elf[18], elf[20], elf[52] = 2, 62, 1, 64
-	files := map[string][]byte{"vmlinux": elf, "initrd.img": []byte("x"), "base.ext4": make([]byte, 512), "disk.ext4": make([]byte, 512)}
+	files := map[string][]byte{"vmlinux": elf, "initrd.img": []byte("x"), "base.ext4": make([]byte, 512), "disk.ext4": make([]byte, 512), "config.img": make([]byte, 4096)}
 	for name, b := range files {
 		writeFile(t, filepath.Join(root, name), b)
 	}
@@ -155,6 +155,7 @@ func TestAgainstStandIn(t *testing.T) {
 		c.PutBootSource(ctx, BootSource{KernelImagePath: jailKernel, InitrdPath: jailInitrd, BootArgs: DefaultCmdline}),
 		c.PutDrive(ctx, Drive{DriveID: DriveBase, PathOnHost: jailBase, IsReadOnly: true, RateLimiter: bandwidthLimiter(100 << 20)}),
 		c.PutDrive(ctx, Drive{DriveID: DriveDisk, PathOnHost: jailDisk, RateLimiter: bandwidthLimiter(100 << 20)}),
+		c.PutDrive(ctx, Drive{DriveID: DriveConfig, PathOnHost: jailConfig, IsReadOnly: true}),
 		c.PutVsock(ctx, Vsock{GuestCID: GuestCID, UDSPath: jailVsock}),
 		c.Action(ctx, ActionInstanceStart),
 		c.PatchVM(ctx, VMPaused),

@@ -68,17 +68,19 @@ const (
 	jailKernel = "/" + suid.JailKernel
 	jailInitrd = "/" + suid.JailInitrd
 	jailBase   = "/" + suid.JailBaseDisk
+	jailConfig = "/" + suid.JailConfig
 	jailDisk   = "/" + suid.JailDisk
 	jailVsock  = "/" + suid.JailVsockSocket
 	jailAPI    = "/" + suid.JailAPISocket
 )
 
-// Drive ids, in the order the guest sees the disks (vmm.BaseDevice,
-// vmm.WritableDevice): Firecracker attaches non-root drives in the order
-// they were configured.
+// Drive ids, in the order the guest sees the disks (guestcfg.BaseDevice,
+// WritableDevice, ConfigDevice): Firecracker attaches non-root drives in
+// the order they were configured.
 const (
-	DriveBase = "base"
-	DriveDisk = "disk"
+	DriveBase   = "base"
+	DriveDisk   = "disk"
+	DriveConfig = "config"
 )
 
 // GuestCID is the guest's vsock context id; every VM has its own vsock
@@ -103,6 +105,9 @@ type Options struct {
 	// Kernel is the optional kernel file name under kernel.dir the helper
 	// places in the jail; empty for the config's default.
 	Kernel string
+	// InitramfsDir is <kernel.dir>/initramfs, the only place the helper
+	// takes a VM's initramfs from.
+	InitramfsDir string
 	// APITimeout bounds the wait for the API socket; default 10 s.
 	APITimeout time.Duration
 	// VsockTimeout bounds the wait for the vsock socket after
@@ -128,6 +133,8 @@ func New(opts Options) (*Driver, error) {
 		return nil, fmt.Errorf("firecracker driver: jails dir must be an absolute path (got %q)", opts.JailsDir)
 	case opts.Owner == nil:
 		return nil, errors.New("firecracker driver: no uid source (Options.Owner)")
+	case !filepath.IsAbs(opts.InitramfsDir):
+		return nil, fmt.Errorf("firecracker driver: initramfs dir must be an absolute path (got %q)", opts.InitramfsDir)
 	}
 	if opts.APITimeout == 0 {
 		opts.APITimeout = 10 * time.Second
@@ -157,7 +164,8 @@ const maxSocketPath = 108
 const probeInterval = 20 * time.Millisecond
 
 // Start implements vmm.Driver. The VM's cgroup must exist: the node
-// creates it with the instance type's limits (helper cgroup create), and
+// creates it with the instance type's limits in the cgroup the helper
+// delegated to it (internal/cgroup), and
 // the helper's jailer op starts the jailer inside it, so Firecracker and
 // everything it starts are confined and killable as one.
 func (d *Driver) Start(ctx context.Context, c vmm.Config) (vmm.VM, error) {
@@ -183,7 +191,7 @@ func (d *Driver) Start(ctx context.Context, c vmm.Config) (vmm.VM, error) {
 	if err := d.opts.Jail.RemoveJail(ctx, c.ID); err != nil {
 		return nil, fmt.Errorf("start vm %s: remove stale jail: %w", c.ID, err)
 	}
-	if _, err := d.opts.Jail.PrepareJail(ctx, helper.Jail{VM: c.ID, UID: uid, GID: gid, Image: image, Kernel: d.opts.Kernel}); err != nil {
+	if _, err := d.opts.Jail.PrepareJail(ctx, helper.Jail{VM: c.ID, UID: uid, GID: gid, Image: image, Kernel: d.opts.Kernel, Initrd: filepath.Base(c.Initrd)}); err != nil {
 		return nil, fmt.Errorf("start vm %s: prepare jail: %w", c.ID, err)
 	}
 	if err := v.launch(ctx, d.opts.Jail, uid, gid); err != nil {
@@ -216,8 +224,11 @@ func (d *Driver) check(c vmm.Config) (image string, err error) {
 	if c.Kernel.Vmlinux == "" {
 		return "", bad("Kernel", "firecracker boots the ELF vmlinux and the kernel has none")
 	}
-	if want := filepath.Join(c.Dir, suid.JailInitrd); filepath.Clean(c.Initrd) != want {
-		return "", bad("Initrd", "must be %s, where the helper takes it from (got %q)", want, c.Initrd)
+	if filepath.Dir(filepath.Clean(c.Initrd)) != filepath.Clean(d.opts.InitramfsDir) {
+		return "", bad("Initrd", "must be in %s, where the helper takes it from (got %q)", d.opts.InitramfsDir, c.Initrd)
+	}
+	if want := filepath.Join(c.Dir, suid.JailConfig); filepath.Clean(c.ConfigDisk) != want {
+		return "", bad("ConfigDisk", "must be %s, where the helper takes it from (got %q)", want, c.ConfigDisk)
 	}
 	if want := filepath.Join(c.Dir, suid.JailDisk); filepath.Clean(c.WritableDisk) != want {
 		return "", bad("WritableDisk", "must be %s, where the helper takes it from (got %q)", want, c.WritableDisk)
@@ -255,6 +266,9 @@ func (d *Driver) boot(ctx context.Context, v *vm, c vmm.Config) error {
 		}},
 		{"writable drive", func() error {
 			return v.api.PutDrive(ctx, Drive{DriveID: DriveDisk, PathOnHost: jailDisk, RateLimiter: limiter})
+		}},
+		{"config drive", func() error {
+			return v.api.PutDrive(ctx, Drive{DriveID: DriveConfig, PathOnHost: jailConfig, IsReadOnly: true})
 		}},
 		{"vsock", func() error {
 			return v.api.PutVsock(ctx, Vsock{GuestCID: GuestCID, UDSPath: jailVsock})

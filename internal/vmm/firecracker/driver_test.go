@@ -24,6 +24,7 @@ import (
 	"github.com/hypervm/hyper/internal/guestcfg"
 	"github.com/hypervm/hyper/internal/helper"
 	"github.com/hypervm/hyper/internal/instance"
+	"github.com/hypervm/hyper/internal/suid"
 	"github.com/hypervm/hyper/internal/units"
 	"github.com/hypervm/hyper/internal/vmm"
 	"github.com/hypervm/hyper/internal/vmm/firecracker"
@@ -117,6 +118,10 @@ func (f *fakeJail) jailDir(vm string) string {
 }
 func (f *fakeJail) root(vm string) string { return filepath.Join(f.jailDir(vm), "root") }
 
+// initramfsDir is <kernel.dir>/initramfs, where the helper takes a VM's
+// initramfs from.
+func (f *fakeJail) initramfsDir() string { return filepath.Join(f.work, "kernel", "initramfs") }
+
 func (f *fakeJail) RemoveJail(_ context.Context, vm string) error {
 	f.call("remove " + vm)
 	return os.RemoveAll(f.jailDir(vm))
@@ -134,8 +139,9 @@ func (f *fakeJail) PrepareJail(_ context.Context, j helper.Jail) (map[string]str
 	vmDir := filepath.Join(f.work, "vms", j.VM)
 	for name, src := range map[string]string{
 		"vmlinux":    f.kernel,
-		"initrd.img": filepath.Join(vmDir, "initrd.img"),
+		"initrd.img": filepath.Join(f.initramfsDir(), j.Initrd),
 		"base.ext4":  filepath.Join(f.work, "images", j.Image+".ext4"),
+		"config.img": filepath.Join(vmDir, "config.img"),
 	} {
 		// The helper's rule for shared files: the jail user reads them
 		// as "other", and may not write them.
@@ -265,7 +271,7 @@ func newEnv(t *testing.T, kernel string) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(work) })
-	for _, d := range []string{"jails", "vms", "images"} {
+	for _, d := range []string{"jails", "vms", "images", "kernel/initramfs"} {
 		if err := os.MkdirAll(filepath.Join(work, d), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -275,7 +281,7 @@ func newEnv(t *testing.T, kernel string) *env {
 	}
 	j := &fakeJail{t: t, work: work, kernel: kernel, bins: b}
 	d, err := firecracker.New(firecracker.Options{
-		Jail: j, JailsDir: filepath.Join(work, "jails"),
+		Jail: j, JailsDir: filepath.Join(work, "jails"), InitramfsDir: j.initramfsDir(),
 		Owner:      func(string) (uint32, uint32, error) { return jailUID(), jailUID(), nil },
 		APITimeout: 20 * time.Second,
 	})
@@ -299,7 +305,8 @@ func (e *env) vmConfig(t *testing.T, id string) vmm.Config {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range []string{filepath.Join(dir, "initrd.img"), filepath.Join(dir, "disk.ext4"), filepath.Join(e.work, "images", imageID+".ext4")} {
+	initrd := filepath.Join(e.jail.initramfsDir(), "test.cpio")
+	for _, p := range []string{initrd, filepath.Join(dir, "config.img"), filepath.Join(dir, "disk.ext4"), filepath.Join(e.work, "images", imageID+".ext4")} {
 		if _, err := os.Stat(p); errors.Is(err, os.ErrNotExist) {
 			if err := os.WriteFile(p, make([]byte, 4096), 0o644); err != nil {
 				t.Fatal(err)
@@ -308,8 +315,8 @@ func (e *env) vmConfig(t *testing.T, id string) vmm.Config {
 	}
 	return vmm.Config{
 		ID: id, Dir: dir, Kernel: guest.Kernel{Vmlinux: e.jail.kernel},
-		Initrd: filepath.Join(dir, "initrd.img"), BaseDisk: filepath.Join(e.work, "images", imageID+".ext4"),
-		WritableDisk: filepath.Join(dir, "disk.ext4"), VCPUs: 1, Memory: 256 * units.MiB,
+		Initrd: initrd, BaseDisk: filepath.Join(e.work, "images", imageID+".ext4"),
+		WritableDisk: filepath.Join(dir, "disk.ext4"), ConfigDisk: filepath.Join(dir, "config.img"), VCPUs: 1, Memory: 256 * units.MiB,
 		DiskBandwidth: units.Bandwidth(200 << 20),
 	}
 }
@@ -385,6 +392,7 @@ func TestConfigRefusedBeforeAnyJailOp(t *testing.T) {
 		"Kernel":       func(c *vmm.Config) { c.Kernel = guest.Kernel{Vmlinuz: "/boot/vmlinuz"} },
 		"Initrd":       func(c *vmm.Config) { c.Initrd = "/elsewhere/initrd.img" },
 		"WritableDisk": func(c *vmm.Config) { c.WritableDisk = filepath.Join(c.Dir, "other.ext4") },
+		"ConfigDisk":   func(c *vmm.Config) { c.ConfigDisk = filepath.Join(c.Dir, "other.img") },
 		"BaseDisk":     func(c *vmm.Config) { c.BaseDisk = "/images/busybox.ext4" },
 		"VCPUs":        func(c *vmm.Config) { c.VCPUs = 0 },
 		"ID":           func(c *vmm.Config) { c.ID = "vm-0" },
@@ -619,27 +627,22 @@ func realGuest(t *testing.T, id string) (*env, vmm.Config, vmm.VM) {
 		t.Skip("the guest kernel provider gave no ELF vmlinux")
 	}
 	standIns(t)
-	initfs, err := guest.BuildInitramfs(t.TempDir(), k, agentBin, guest.InitramfsOptions{})
+	e := newEnv(t, k.Vmlinux)
+	initfs, err := guest.BuildInitramfs(e.jail.initramfsDir(), k, agentBin, guest.InitramfsOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := newEnv(t, k.Vmlinux)
 	c := e.vmConfig(t, id)
+	c.Initrd = initfs.Path
 	// The smallest instance type, in the cgroup the node would give it.
 	typ := instance.All()[0]
 	c.Memory = typ.Memory
 	capMemory(t, e, c.ID, typ)
 	busyboxImage(t, c.BaseDisk)
 	writableDisk(t, c.WritableDisk)
-	os.Remove(c.Initrd)
-	cfg := &guestcfg.VM{ID: c.ID, BaseDevice: vmm.BaseDevice, WritableDevice: vmm.WritableDevice,
-		Image: guestcfg.Image{Cmd: []string{"/bin/sleep", "3600"}, Env: []string{"PATH=/bin"}}}
-	if err := initfs.WriteInitrd(c.Initrd, cfg); err != nil {
-		t.Fatal(err)
-	}
-	// WriteInitrd makes the file 0600; the helper hands a jail only files
-	// others can read.
-	if err := os.Chmod(c.Initrd, 0o644); err != nil {
+	os.Remove(c.ConfigDisk)
+	cfg := &guestcfg.VM{ID: c.ID, Image: guestcfg.Image{Cmd: []string{"/bin/sleep", "3600"}, Env: []string{"PATH=/bin"}}}
+	if err := guestcfg.WriteDisk(c.ConfigDisk, cfg); err != nil {
 		t.Fatal(err)
 	}
 	c.BootArgs = os.Getenv("HYPER_TEST_BOOT_ARGS")
@@ -793,7 +796,7 @@ func TestBootRealGuest(t *testing.T) {
 	}
 
 	// A restarted daemon re-attaches from the VM's directory.
-	d2, err := firecracker.New(firecracker.Options{Jail: e.jail, JailsDir: filepath.Join(e.work, "jails"),
+	d2, err := firecracker.New(firecracker.Options{Jail: e.jail, JailsDir: filepath.Join(e.work, "jails"), InitramfsDir: e.jail.initramfsDir(),
 		Owner: func(string) (uint32, uint32, error) { return jailUID(), jailUID(), nil }})
 	if err != nil {
 		t.Fatal(err)
@@ -892,5 +895,13 @@ func checkJailed(t *testing.T, e *env, id string, pid int) {
 	cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
 	if err != nil || cwd != e.jail.root(id) {
 		t.Errorf("firecracker cwd %q %v, want the jail root", cwd, err)
+	}
+}
+
+// TestInitramfsDirMatchesHelper: the node builds initramfs archives where
+// the helper takes a jail's initramfs from.
+func TestInitramfsDirMatchesHelper(t *testing.T) {
+	if suid.InitramfsDir != guest.InitramfsDir {
+		t.Fatalf("suid.InitramfsDir = %q, guest.InitramfsDir = %q", suid.InitramfsDir, guest.InitramfsDir)
 	}
 }

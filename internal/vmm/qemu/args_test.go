@@ -23,8 +23,8 @@ func argAfter(args []string, flag string) []string {
 func TestArgs(t *testing.T) {
 	c := vmm.Config{
 		ID: "vm-1", Dir: "/srv/hyper/vms/vm-1", Kernel: guest.Kernel{Vmlinuz: "/k/vmlinuz"},
-		Initrd: "/srv/hyper/vms/vm-1/initrd", BaseDisk: "/layers/images/a,b.ext4",
-		WritableDisk: "/srv/hyper/vms/vm-1/disk.ext4", VCPUs: 2, Memory: 512 * units.MiB,
+		Initrd: "/srv/hyper/kernel/initramfs/k.cpio", BaseDisk: "/layers/images/a,b.ext4",
+		WritableDisk: "/srv/hyper/vms/vm-1/disk.ext4", ConfigDisk: "/srv/hyper/vms/vm-1/config.img", VCPUs: 2, Memory: 512 * units.MiB,
 		DiskBandwidth: 100 << 20, BootArgs: "hyper.debug=1",
 	}
 	args := qemu.Args("/usr/bin/qemu-system-x86_64", qemu.Boot{Accel: qemu.AccelTCG, TSCkHz: 2596000}, c)
@@ -32,7 +32,7 @@ func TestArgs(t *testing.T) {
 		t.Fatalf("argv[0] = %q", args[0])
 	}
 	drives := argAfter(args, "-drive")
-	if len(drives) != 2 {
+	if len(drives) != 3 {
 		t.Fatalf("drives = %q", drives)
 	}
 	// The base disk is first (/dev/vda), read-only; a comma in a path is
@@ -42,6 +42,9 @@ func TestArgs(t *testing.T) {
 	}
 	if strings.Contains(drives[1], "readonly") || !strings.Contains(drives[1], "file=/srv/hyper/vms/vm-1/disk.ext4") {
 		t.Errorf("writable drive = %q", drives[1])
+	}
+	if !strings.Contains(drives[2], "file=/srv/hyper/vms/vm-1/config.img,readonly=on") {
+		t.Errorf("config drive = %q", drives[2])
 	}
 	for _, d := range drives {
 		if !strings.Contains(d, "throttling.bps-total=104857600") {

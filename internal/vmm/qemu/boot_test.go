@@ -180,16 +180,15 @@ func newRigWithAgent(t testing.TB, agentBin string) *rig {
 // boot starts a VM on the given disks and stops it when the test ends.
 func (r *rig) boot(t testing.TB, id, dir, base, writable string, img guestcfg.Image) vmm.VM {
 	t.Helper()
-	initrd := filepath.Join(dir, "initrd")
-	os.Remove(initrd)
-	cfg := &guestcfg.VM{ID: id, BaseDevice: vmm.BaseDevice, WritableDevice: vmm.WritableDevice, Image: img}
-	if err := r.initfs.WriteInitrd(initrd, cfg); err != nil {
+	configDisk := filepath.Join(dir, "config.img")
+	os.Remove(configDisk)
+	if err := guestcfg.WriteDisk(configDisk, &guestcfg.VM{ID: id, Image: img}); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	v, err := r.driver.Start(ctx, vmm.Config{
-		ID: id, Dir: dir, Kernel: *r.kernel, Initrd: initrd,
+		ID: id, Dir: dir, Kernel: *r.kernel, Initrd: r.initfs.Path, ConfigDisk: configDisk,
 		BaseDisk: base, WritableDisk: writable, VCPUs: 1, Memory: 256 * units.MiB,
 		BootArgs: os.Getenv("HYPER_TEST_BOOT_ARGS"),
 	})
@@ -392,11 +391,11 @@ func TestStartErrorsLeaveNothingRunning(t *testing.T) {
 	writable := filepath.Join(dir, "writable.ext4")
 	busyboxDisk(t, base, map[string]string{})
 	writableDisk(t, writable)
-	initrd := filepath.Join(dir, "initrd")
-	if err := r.initfs.WriteInitrd(initrd, &guestcfg.VM{ID: "x", BaseDevice: vmm.BaseDevice, WritableDevice: vmm.WritableDevice}); err != nil {
+	configDisk := filepath.Join(dir, "config.img")
+	if err := guestcfg.WriteDisk(configDisk, &guestcfg.VM{ID: "x"}); err != nil {
 		t.Fatal(err)
 	}
-	cfg := vmm.Config{ID: "vm4", Dir: dir, Kernel: *r.kernel, Initrd: initrd, BaseDisk: base,
+	cfg := vmm.Config{ID: "vm4", Dir: dir, Kernel: *r.kernel, Initrd: r.initfs.Path, ConfigDisk: configDisk, BaseDisk: base,
 		WritableDisk: writable, VCPUs: 1, Memory: 256 * units.MiB}
 	ctx := context.Background()
 

@@ -112,7 +112,7 @@ func (d *Driver) Start(ctx context.Context, c vmm.Config) (vmm.VM, error) {
 	if c.Kernel.Vmlinuz == "" {
 		return nil, fmt.Errorf("start vm %s: qemu boots a bzImage and the kernel has no vmlinuz", c.ID)
 	}
-	for name, p := range map[string]string{"kernel": c.Kernel.Vmlinuz, "initrd": c.Initrd, "base disk": c.BaseDisk, "writable disk": c.WritableDisk} {
+	for name, p := range map[string]string{"kernel": c.Kernel.Vmlinuz, "initrd": c.Initrd, "base disk": c.BaseDisk, "writable disk": c.WritableDisk, "config disk": c.ConfigDisk} {
 		if _, err := os.Stat(p); err != nil {
 			return nil, fmt.Errorf("start vm %s: %s: %w", c.ID, name, err)
 		}
@@ -261,11 +261,14 @@ func Args(qemu string, b Boot, c vmm.Config) []string {
 		"-kernel", c.Kernel.Vmlinuz,
 		"-initrd", c.Initrd,
 		"-append", b.Cmdline(c.BootArgs),
-		// The base disk comes first so the guest sees it as /dev/vda.
+		// The guest names the disks in this order (guestcfg.BaseDevice,
+		// WritableDevice, ConfigDevice).
 		"-drive", drive("base", c.BaseDisk, true),
 		"-device", "virtio-blk-device,drive=base",
 		"-drive", drive("writable", c.WritableDisk, false),
 		"-device", "virtio-blk-device,drive=writable",
+		"-drive", drive("config", c.ConfigDisk, true),
+		"-device", "virtio-blk-device,drive=config",
 		// Two ports (port 0 is reserved for a console) instead of 31:
 		// the guest driver sets up a queue pair per port, which costs
 		// boot time under TCG.

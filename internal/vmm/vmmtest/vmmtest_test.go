@@ -16,7 +16,7 @@ func TestFakeDriverLifecycle(t *testing.T) {
 	ctx := context.Background()
 	var d vmmtest.Driver
 	c := vmm.Config{ID: "vm-1", Dir: "/vms/vm-1", Kernel: guest.Kernel{Vmlinuz: "/k"}, Initrd: "/i",
-		BaseDisk: "/b", WritableDisk: "/w", VCPUs: 1, Memory: 128 * units.MiB}
+		BaseDisk: "/b", WritableDisk: "/w", ConfigDisk: "/c", VCPUs: 1, Memory: 128 * units.MiB}
 	v, err := d.Start(ctx, c)
 	if err != nil {
 		t.Fatal(err)
