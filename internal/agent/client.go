@@ -112,8 +112,11 @@ func newClient(session *yamux.Session) *Client {
 	return &Client{
 		session:   session,
 		transport: transport,
+		// No gzip: the link is local, and compressing every reply cost the
+		// guest CPU on each call and, under emulation, tens of
+		// milliseconds of first-run code before its first answer.
 		rpc: agentv1connect.NewAgentClient(&http.Client{Transport: abortOnCancel{transport}},
-			"http://hyper-agent", connect.WithGRPC()),
+			"http://hyper-agent", connect.WithGRPC(), connect.WithAcceptCompression("gzip", nil, nil)),
 	}
 }
 

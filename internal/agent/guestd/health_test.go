@@ -1,6 +1,10 @@
 package guestd_test
 
 import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -8,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	agentv1 "github.com/hypervm/hyper/api/agent/v1"
+	"github.com/hypervm/hyper/api/agent/v1/agentv1connect"
 	"github.com/hypervm/hyper/internal/agent/guestd"
 	"github.com/hypervm/hyper/internal/guestcfg"
 )
@@ -119,5 +124,35 @@ func TestSync(t *testing.T) {
 	h := start(t, guestd.Config{})
 	if err := h.client.Sync(ctxT(t)); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestRepliesUncompressed: the agent never compresses a reply, even for a
+// client that accepts gzip; on a local link it would only cost the guest
+// CPU.
+func TestRepliesUncompressed(t *testing.T) {
+	srv := guestd.New(guestd.Config{VMID: "vabcdefghijklmnop"})
+	t.Cleanup(func() { srv.Close() })
+	ts := httptest.NewServer(srv.Handler())
+	t.Cleanup(ts.Close)
+	req, err := http.NewRequest(http.MethodPost, ts.URL+agentv1connect.AgentHealthProcedure, strings.NewReader("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept-Encoding", "gzip")
+	tr := &http.Transport{DisableCompression: true} // keep the raw reply
+	t.Cleanup(tr.CloseIdleConnections)
+	res, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	body, _ := io.ReadAll(res.Body)
+	if res.StatusCode != http.StatusOK || !strings.Contains(string(body), "vabcdefghijklmnop") {
+		t.Fatalf("health: %s %q", res.Status, body)
+	}
+	if enc := res.Header.Get("Content-Encoding"); enc != "" {
+		t.Errorf("reply encoded %q, want none", enc)
 	}
 }

@@ -15,6 +15,8 @@ import (
 	"sync"
 	"time"
 
+	"connectrpc.com/connect"
+
 	"github.com/hypervm/hyper/api/agent/v1/agentv1connect"
 	"github.com/hypervm/hyper/internal/guestcfg"
 )
@@ -87,7 +89,9 @@ func New(cfg Config) *Server {
 // Handler returns the HTTP handler serving the agent's RPCs.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle(agentv1connect.NewAgentHandler(s))
+	// The host link is local: never spend the guest's CPU compressing
+	// (the host's client does not accept it either).
+	mux.Handle(agentv1connect.NewAgentHandler(s, connect.WithCompression("gzip", nil, nil)))
 	return mux
 }
 
