@@ -1,8 +1,6 @@
 package guestinit
 
 import (
-	"bytes"
-	"encoding/binary"
 	"os"
 	"path/filepath"
 	"strings"
@@ -223,38 +221,6 @@ func TestModulesWithoutAliasesLoadEverything(t *testing.T) {
 	}
 }
 
-// signed appends a signature of sigLen bytes the way the kernel's
-// sign-file does: the signature, a 12-byte trailer ending with its length
-// (big-endian), and the magic string.
-func signed(body []byte, sigLen uint32) []byte {
-	out := append([]byte(nil), body...)
-	out = append(out, bytes.Repeat([]byte{0xaa}, int(sigLen))...)
-	trailer := make([]byte, moduleSigTrailer)
-	binary.BigEndian.PutUint32(trailer[8:], sigLen)
-	out = append(out, trailer...)
-	return append(out, moduleSigMagic...)
-}
-
-func TestStripModuleSignature(t *testing.T) {
-	body := []byte("\x7fELF module body")
-	got, ok := StripModuleSignature(signed(body, 681))
-	if !ok || !bytes.Equal(got, body) {
-		t.Fatalf("StripModuleSignature = %q, %v; want the body", got, ok)
-	}
-	for name, ko := range map[string][]byte{
-		"unsigned":             body,
-		"magic only":           []byte(moduleSigMagic),
-		"signature too long":   signed(body, 681)[len(body)+681-4:],
-		"empty signature":      signed(body, 0),
-		"truncated trailer":    append([]byte("x"), moduleSigMagic...),
-		"magic not at the end": append(signed(body, 8), '\n'),
-	} {
-		if got, ok := StripModuleSignature(ko); ok {
-			t.Errorf("%s: stripped to %q, want no signature found", name, got)
-		}
-	}
-}
-
 func TestFreeInitramfs(t *testing.T) {
 	dir := t.TempDir()
 	for _, p := range []string{"lib/modules/6.1/kernel/fs", "dev", "newroot"} {
@@ -286,26 +252,5 @@ func TestFreeInitramfs(t *testing.T) {
 	}
 	if _, err := r.Stat("."); err == nil {
 		t.Error("the initramfs root is still open")
-	}
-}
-
-func TestStripModuleSignatureOfDebianModule(t *testing.T) {
-	mods, _ := filepath.Glob("/var/cache/hyper-test/kernel/*/modules/*/kernel/drivers/virtio/virtio.ko")
-	if len(mods) == 0 {
-		t.Skip("no cached guest kernel in /var/cache/hyper-test/kernel (make kernel)")
-	}
-	ko, err := os.ReadFile(mods[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, ok := StripModuleSignature(ko)
-	if !ok {
-		t.Fatalf("%s: no signature found", mods[0])
-	}
-	if !bytes.HasPrefix(body, []byte("\x7fELF")) || len(ko)-len(body) < 256+moduleSigTrailer+len(moduleSigMagic) {
-		t.Fatalf("%s: stripped %d of %d bytes", mods[0], len(ko)-len(body), len(ko))
-	}
-	if _, ok := StripModuleSignature(body); ok {
-		t.Fatal("a stripped module still has a signature")
 	}
 }

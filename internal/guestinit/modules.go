@@ -3,7 +3,6 @@ package guestinit
 import (
 	"bufio"
 	"bytes"
-	"encoding/binary"
 	"fmt"
 	"path"
 	"sort"
@@ -215,27 +214,4 @@ func (m *Modules) closure(roots []string, skip map[string]bool) []string {
 		}
 	}
 	return out
-}
-
-// moduleSigMagic ends a module with an appended signature; before it come
-// the signature and a 12-byte trailer whose last 4 bytes are the
-// signature's length, big-endian (the kernel's struct module_signature).
-const (
-	moduleSigMagic   = "~Module signature appended~\n"
-	moduleSigTrailer = 12
-)
-
-// StripModuleSignature returns a module's image without its appended
-// signature, and false when it has none (or a malformed one).
-func StripModuleSignature(ko []byte) ([]byte, bool) {
-	body, ok := bytes.CutSuffix(ko, []byte(moduleSigMagic))
-	if !ok || len(body) < moduleSigTrailer {
-		return nil, false
-	}
-	sigLen := uint64(binary.BigEndian.Uint32(body[len(body)-4:]))
-	body = body[:len(body)-moduleSigTrailer]
-	if sigLen == 0 || sigLen > uint64(len(body)) {
-		return nil, false
-	}
-	return body[:uint64(len(body))-sigLen], true
 }
