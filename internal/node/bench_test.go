@@ -914,6 +914,11 @@ func (s timedStore) ClaimUID(ctx context.Context, node, vmID string, lo, hi uint
 	return s.Store.ClaimUID(ctx, node, vmID, lo, hi)
 }
 
+func (s timedStore) ClaimUIDExact(ctx context.Context, node, vmID string, uid uint32) (bool, error) {
+	defer s.t.add("store ClaimUIDExact", time.Now())
+	return s.Store.ClaimUIDExact(ctx, node, vmID, uid)
+}
+
 func (s timedStore) ReleaseUID(ctx context.Context, node string, uid uint32) error {
 	defer s.t.add("store ReleaseUID", time.Now())
 	return s.Store.ReleaseUID(ctx, node, uid)

@@ -54,6 +54,7 @@ type Store interface {
 	SetVMUID(ctx context.Context, id string, uid uint32) error
 
 	ClaimUID(ctx context.Context, node, vmID string, lo, hi uint32) (uint32, error)
+	ClaimUIDExact(ctx context.Context, node, vmID string, uid uint32) (bool, error)
 	ReleaseUID(ctx context.Context, node string, uid uint32) error
 	ListUIDClaims(ctx context.Context, node string) (map[uint32]string, error)
 }
@@ -125,7 +126,7 @@ type Manager struct {
 	// (the Firecracker jailer does), so the manager moves it in.
 	joinsCgroup bool
 
-	claimMu sync.Mutex // serialises uid claims
+	uids *uidPool
 
 	mu   sync.Mutex
 	vms  map[string]*machine
@@ -172,6 +173,7 @@ func NewManager(o Options) *Manager {
 		log:         o.Logger,
 		usesJail:    o.Driver.Name() == "firecracker",
 		joinsCgroup: o.Driver.Name() != "firecracker",
+		uids:        newUIDPool(o.Store, o.Node, o.Config.Jails.UIDMin(), o.Config.Jails.UIDMax()),
 		vms:         map[string]*machine{},
 		life:        context.Background(),
 	}
@@ -234,11 +236,7 @@ func (m *Manager) create(ctx context.Context, id string, req CreateRequest, typ 
 		return store.VM{}, err
 	}
 
-	// Only this node claims its uids, so claims are serialised here: in the
-	// store concurrent claims of the lowest free uid collide and retry.
-	m.claimMu.Lock()
-	uid, err := m.o.Store.ClaimUID(ctx, m.o.Node, id, m.cfg.Jails.UIDMin(), m.cfg.Jails.UIDMax())
-	m.claimMu.Unlock()
+	uid, err := m.uids.claim(ctx, id)
 	if err != nil {
 		return fail("claim uid", err)
 	}
@@ -608,7 +606,7 @@ func (m *Manager) release(ctx context.Context, id string, uid uint32) {
 		log.Warn("remove vm dir", "error", err)
 	}
 	if uid != 0 {
-		if err := m.o.Store.ReleaseUID(ctx, m.o.Node, uid); err != nil {
+		if err := m.uids.release(ctx, uid); err != nil {
 			log.Warn("release uid", "uid", uid, "error", err)
 		}
 	}

@@ -88,6 +88,7 @@ var suite = []struct {
 	{"SetVMUID", testSetVMUID},
 	{"ClaimUID", testClaimUID},
 	{"ClaimUIDConcurrent", testClaimUIDConcurrent},
+	{"ClaimUIDExact", testClaimUIDExact},
 	{"ReleaseUID", testReleaseUID},
 	{"ListUIDClaims", testListUIDClaims},
 }
@@ -1077,6 +1078,46 @@ func testClaimUID(t *testing.T, e engine) {
 		{"n", "v", 3, 2},
 	} {
 		_, err := s.ClaimUID(ctx, bad.node, bad.vm, bad.lo, bad.hi)
+		wantErr(t, err, store.ErrInvalid)
+	}
+}
+
+func testClaimUIDExact(t *testing.T, e engine) {
+	s := e.open(t)
+	exact := func(node, vm string, uid uint32) bool {
+		t.Helper()
+		won, err := s.ClaimUIDExact(ctx, node, vm, uid)
+		ok(t, err)
+		return won
+	}
+	if !exact("n1", "v0", 200) {
+		t.Fatal("exact claim of a free uid lost")
+	}
+	if exact("n1", "v1", 200) {
+		t.Error("a taken uid was claimed again")
+	}
+	if exact("n1", "v0", 201) {
+		t.Error("a VM holding a uid got a second one")
+	}
+	if !exact("n2", "v1", 200) {
+		t.Error("nodes do not have separate pools")
+	}
+	// ClaimUID sees exact claims: v0 keeps 200, the next free is 201.
+	if got := claim(t, s, "n1", "v0", 200, 210); got != 200 {
+		t.Errorf("ClaimUID of v0 = %d, want the 200 it holds", got)
+	}
+	if got := claim(t, s, "n1", "v2", 200, 210); got != 201 {
+		t.Errorf("ClaimUID = %d, want 201", got)
+	}
+	ok(t, s.ReleaseUID(ctx, "n1", 200))
+	if !exact("n1", "v3", 200) {
+		t.Error("a released uid could not be claimed")
+	}
+	for _, bad := range []struct {
+		node, vm string
+		uid      uint32
+	}{{"", "v", 1}, {"n", "", 1}, {"n", "v", 0}} {
+		_, err := s.ClaimUIDExact(ctx, bad.node, bad.vm, bad.uid)
 		wantErr(t, err, store.ErrInvalid)
 	}
 }

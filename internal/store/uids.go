@@ -75,6 +75,32 @@ func (s *Store) ClaimUID(ctx context.Context, node, vmID string, lo, hi uint32) 
 	return 0, fmt.Errorf("claim uid on node %s for vm %s: gave up after %d contended attempts", node, vmID, maxClaimAttempts)
 }
 
+// ClaimUIDExact gives vmID the uid on node if it is free, in one statement:
+// for a node that tracks its own claims and knows which uid is free. It
+// reports false when the uid is taken or vmID already holds a uid there;
+// ClaimUID then sorts out which.
+func (s *Store) ClaimUIDExact(ctx context.Context, node, vmID string, uid uint32) (bool, error) {
+	switch {
+	case node == "":
+		return false, invalid("node", "empty")
+	case vmID == "":
+		return false, invalid("vm id", "empty")
+	case uid == 0:
+		return false, invalid("uid", "must be at least 1 (0 means no uid)")
+	}
+	res, err := s.conn().exec(ctx, `INSERT INTO uids (node, uid, vm_id, claimed_at) VALUES (?, ?, ?, ?)
+		ON CONFLICT DO NOTHING`,
+		node, int64(uid), vmID, s.d.time(s.now()))
+	if err != nil {
+		return false, fmt.Errorf("claim uid %d on node %s for vm %s: %w", uid, node, vmID, err)
+	}
+	n, err := rowsAffected(res)
+	if err != nil {
+		return false, fmt.Errorf("claim uid %d on node %s for vm %s: %w", uid, node, vmID, err)
+	}
+	return n == 1, nil
+}
+
 // ReleaseUID frees a uid on node. Releasing a free uid is not an error.
 func (s *Store) ReleaseUID(ctx context.Context, node string, uid uint32) error {
 	if _, err := s.conn().exec(ctx, `DELETE FROM uids WHERE node = ? AND uid = ?`, node, int64(uid)); err != nil {
