@@ -91,15 +91,26 @@ func run(vm *guestcfg.VM) error {
 		return err
 	}
 	if port != "" {
-		log.Info("serving on virtio-serial", "port", port)
+		log.Info("serving on virtio-serial", "port", port, "since_boot", sinceBoot())
 		return srv.ServeVirtioPort(ctx, port)
 	}
 	l, err := vsock.Listen(guestcfg.AgentVsockPort, nil)
 	if err != nil {
 		return fmt.Errorf("listen on vsock port %d: %w", guestcfg.AgentVsockPort, err)
 	}
-	log.Info("serving on vsock", "port", guestcfg.AgentVsockPort)
+	log.Info("serving on vsock", "port", guestcfg.AgentVsockPort, "since_boot", sinceBoot())
 	return srv.ServeListener(ctx, l)
+}
+
+// sinceBoot is the guest's time since its kernel started: logged when the
+// agent starts serving, so a console log shows how long the guest took to
+// boot, apart from the host's side of it.
+func sinceBoot() time.Duration {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return 0
+	}
+	return time.Duration(ts.Nano()).Round(time.Millisecond)
 }
 
 // channelTimeout bounds the wait for the host channel's device: drivers
