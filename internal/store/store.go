@@ -23,7 +23,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
-	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+	"modernc.org/sqlite" // also registers the "sqlite" database/sql driver
 )
 
 // Engine names returned by Store.Engine.
@@ -100,7 +100,7 @@ func Open(ctx context.Context, rawURL string, opts ...Option) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := s.db.PingContext(ctx); err != nil {
+	if err := s.connect(ctx); err != nil {
 		s.db.Close()
 		return nil, fmt.Errorf("connect to %s store %s: %w", s.d.engine, redact(rawURL), err)
 	}
@@ -109,6 +109,40 @@ func Open(ctx context.Context, rawURL string, opts ...Option) (*Store, error) {
 		return nil, fmt.Errorf("migrate %s store %s: %w", s.d.engine, redact(rawURL), err)
 	}
 	return s, nil
+}
+
+// connectTimeout bounds the retries of a first connection to a SQLite
+// file that another process is setting up.
+const connectTimeout = 10 * time.Second
+
+// connect opens the first connection. SQLite answers SQLITE_BUSY at once,
+// without its busy handler, to a connection that opens a new file while
+// another connection switches it to WAL; that passes within milliseconds,
+// so such a connection is retried.
+func (s *Store) connect(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, connectTimeout)
+	defer cancel()
+	wait := 5 * time.Millisecond
+	for {
+		err := s.db.PingContext(ctx)
+		if err == nil || s.d.engine != "sqlite" || !isSQLiteBusy(err) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 200*time.Millisecond)
+	}
+}
+
+// sqliteBusy is SQLite's primary result code SQLITE_BUSY.
+const sqliteBusy = 5
+
+func isSQLiteBusy(err error) bool {
+	var se *sqlite.Error
+	return errors.As(err, &se) && se.Code()&0xff == sqliteBusy
 }
 
 // Close releases the store's connections.
