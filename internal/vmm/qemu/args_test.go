@@ -1,10 +1,13 @@
 package qemu_test
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/hypervm/hyper/internal/guest"
+	"github.com/hypervm/hyper/internal/guest/guesttest"
 	"github.com/hypervm/hyper/internal/units"
 	"github.com/hypervm/hyper/internal/vmm"
 	"github.com/hypervm/hyper/internal/vmm/qemu"
@@ -80,5 +83,32 @@ func TestNewRejectsBadOptions(t *testing.T) {
 	}
 	if _, err := qemu.New(qemu.Options{QEMU: "/usr/bin/qemu-system-x86_64", Accel: "hvf"}); err == nil {
 		t.Error("unknown accelerator accepted")
+	}
+}
+
+// TestKernelImage: QEMU boots the ELF vmlinux when it has a PVH entry
+// point, skipping the bzImage's self-decompression, and the bzImage
+// otherwise.
+func TestKernelImage(t *testing.T) {
+	k := guesttest.Kernel(t)
+	if k.Vmlinux == "" {
+		t.Skip("the pinned kernel gave no vmlinux")
+	}
+	if got := qemu.KernelImage(*k); got != k.Vmlinux {
+		t.Errorf("KernelImage = %s, want the PVH-capable %s", got, k.Vmlinux)
+	}
+	notELF := filepath.Join(t.TempDir(), "vmlinux")
+	if err := os.WriteFile(notELF, []byte("not an ELF file"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for name, kk := range map[string]guest.Kernel{
+		"no vmlinux":     {Vmlinuz: k.Vmlinuz},
+		"not ELF":        {Vmlinuz: k.Vmlinuz, Vmlinux: notELF},
+		"missing":        {Vmlinuz: k.Vmlinuz, Vmlinux: filepath.Join(t.TempDir(), "absent")},
+		"bzImage as ELF": {Vmlinuz: k.Vmlinuz, Vmlinux: k.Vmlinuz},
+	} {
+		if got := qemu.KernelImage(kk); got != k.Vmlinuz {
+			t.Errorf("%s: KernelImage = %s, want the bzImage", name, got)
+		}
 	}
 }

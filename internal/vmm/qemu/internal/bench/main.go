@@ -104,7 +104,7 @@ func run(n int, kernelDir, qemuBin, accel, agentBin string) error {
 		return err
 	}
 	fi, _ := os.Stat(initfs.Path)
-	fmt.Printf("kernel %s, accel %s, initramfs %.1f MiB, cmdline %q\n", k.Release, boot.Accel, float64(fi.Size())/(1<<20), boot.Cmdline(""))
+	fmt.Printf("kernel %s (both boot %s), accel %s, initramfs %.1f MiB, cmdline %q\n", k.Release, filepath.Base(qemu.KernelImage(*k)), boot.Accel, float64(fi.Size())/(1<<20), boot.Cmdline(""))
 	if verbose {
 		fmt.Printf("machine flags of both boots: %s\n", strings.Join(machineArgs(qemuBin, boot, k), " "))
 	}
@@ -185,7 +185,7 @@ func bareBoot(ctx context.Context, qemuBin string, b qemu.Boot, k *guest.Kernel,
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	args := append(machineArgs(qemuBin, b, k),
-		"-kernel", k.Vmlinuz, "-initrd", initrd, "-append", b.Cmdline(bootArgs), "-serial", "stdio")
+		"-kernel", qemu.KernelImage(*k), "-initrd", initrd, "-append", b.Cmdline(bootArgs), "-serial", "stdio")
 	cmd := exec.CommandContext(ctx, qemuBin, args...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
