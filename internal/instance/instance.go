@@ -71,6 +71,9 @@ func (t Type) VCPUCount() int { return max(1, int(math.Ceil(t.VCPUs))) }
 // CPUQuotaMicros is the CFS quota per CPUPeriodMicros.
 func (t Type) CPUQuotaMicros() int64 { return int64(math.Round(t.VCPUs * CPUPeriodMicros)) }
 
+// MilliCPU is the VM cgroup's CPU limit in thousandths of a CPU.
+func (t Type) MilliCPU() uint64 { return uint64(math.Round(t.VCPUs * 1000)) }
+
 // CgroupMemory is the VM cgroup's memory limit: guest memory plus the VMM's
 // overhead.
 func (t Type) CgroupMemory() units.Size { return t.Memory + VMMOverhead }

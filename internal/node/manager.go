@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"math"
 	"os"
 	"path/filepath"
 	"sync"
@@ -256,7 +255,7 @@ func (m *Manager) create(ctx context.Context, id string, req CreateRequest, typ 
 	if err := guestcfg.WriteDisk(filepath.Join(dir, configFile), gcfg); err != nil {
 		return fail("write config disk", err)
 	}
-	if err := m.o.Cgroups.Create(id, uint64(math.Round(typ.VCPUs*1000)), uint64(typ.CgroupMemory())); err != nil {
+	if err := m.o.Cgroups.Create(id, typ.MilliCPU(), uint64(typ.CgroupMemory())); err != nil {
 		return fail("create cgroup", err)
 	}
 	mc.spec = m.spec(row, typ)

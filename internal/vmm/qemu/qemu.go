@@ -113,7 +113,7 @@ func (d *Driver) Start(ctx context.Context, c vmm.Config) (vmm.VM, error) {
 	if c.Kernel.Vmlinuz == "" {
 		return nil, fmt.Errorf("start vm %s: qemu boots a bzImage and the kernel has no vmlinuz", c.ID)
 	}
-	for name, p := range map[string]string{"kernel": c.Kernel.Vmlinuz, "initrd": c.Initrd, "base disk": c.BaseDisk, "writable disk": c.WritableDisk, "config disk": c.ConfigDisk} {
+	for name, p := range map[string]string{"kernel": KernelImage(c.Kernel), "initrd": c.Initrd, "base disk": c.BaseDisk, "writable disk": c.WritableDisk, "config disk": c.ConfigDisk} {
 		if _, err := os.Stat(p); err != nil {
 			return nil, fmt.Errorf("start vm %s: %s: %w", c.ID, name, err)
 		}
