@@ -88,6 +88,17 @@ func vmDeps(ctx context.Context, cfg *config.Config, st *store.Store, log *slog.
 	if err != nil {
 		return o, err
 	}
+	if q, ok := o.Driver.(*qemu.Driver); ok {
+		// How QEMU runs guests here (KVM or TCG) sets what each VM's
+		// QEMU needs beside its guest, so it is settled before any VM
+		// reserves its share.
+		boot, err := q.Boot(ctx, k.Vmlinuz)
+		if err != nil {
+			return o, err
+		}
+		o.VMMOverhead = boot.MemoryOverhead()
+		log.Info("qemu", "accel", boot.Accel, "vmm_overhead", o.VMMOverhead.String())
+	}
 	capacity, err := node.HostCapacity(cfg)
 	if err != nil {
 		return o, err

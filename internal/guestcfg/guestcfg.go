@@ -127,6 +127,16 @@ var ErrNotConfigDisk = errors.New("not a hyper config disk")
 
 // DecodeDisk reads a VM's configuration from the start of a config disk.
 func DecodeDisk(r io.Reader) (*VM, error) {
+	js, err := ReadDisk(r)
+	if err != nil {
+		return nil, err
+	}
+	return Decode(js)
+}
+
+// ReadDisk reads the JSON of a VM's configuration from the start of a
+// config disk, unparsed.
+func ReadDisk(r io.Reader) ([]byte, error) {
 	var h [diskHeader]byte
 	if _, err := io.ReadFull(r, h[:]); err != nil {
 		return nil, fmt.Errorf("read config disk header: %w", err)
@@ -142,6 +152,11 @@ func DecodeDisk(r io.Reader) (*VM, error) {
 	if _, err := io.ReadFull(r, js); err != nil {
 		return nil, fmt.Errorf("read config disk: %w", err)
 	}
+	return js, nil
+}
+
+// Decode parses a VM's configuration from the JSON a config disk holds.
+func Decode(js []byte) (*VM, error) {
 	var vm VM
 	if err := json.Unmarshal(js, &vm); err != nil {
 		return nil, fmt.Errorf("config disk: %w", err)

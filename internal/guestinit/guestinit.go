@@ -12,7 +12,6 @@
 package guestinit
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -103,9 +102,13 @@ func run() (*guestcfg.VM, *os.Root, error) {
 		}
 	}
 	devicesDone := time.Now()
-	vm, err := readConfig(guestcfg.ConfigDevice)
+	raw, err := readConfig(guestcfg.ConfigDevice)
 	if err != nil {
 		return nil, nil, err
+	}
+	vm, err := guestcfg.Decode(raw)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", guestcfg.ConfigDevice, err)
 	}
 	plan := MakePlan()
 	for _, m := range plan.Mounts {
@@ -121,7 +124,7 @@ func run() (*guestcfg.VM, *os.Root, error) {
 			}
 		}
 	}
-	if err := saveConfig(vm); err != nil {
+	if err := saveConfig(raw); err != nil {
 		return nil, nil, err
 	}
 	for _, mv := range plan.Moves {
@@ -158,18 +161,19 @@ func mountEarly() error {
 	return nil
 }
 
-// readConfig reads the VM's configuration from the config disk.
-func readConfig(dev string) (*guestcfg.VM, error) {
+// readConfig reads the JSON of the VM's configuration from the config
+// disk.
+func readConfig(dev string) ([]byte, error) {
 	f, err := os.Open(dev)
 	if err != nil {
 		return nil, fmt.Errorf("open the config disk: %w", err)
 	}
 	defer f.Close()
-	vm, err := guestcfg.DecodeDisk(f)
+	raw, err := guestcfg.ReadDisk(f)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", dev, err)
 	}
-	return vm, nil
+	return raw, nil
 }
 
 func loadModules() error {
@@ -297,16 +301,14 @@ func mountError(m Mount, err error) error {
 	return fmt.Errorf("%s: %w", what, err)
 }
 
-// saveConfig leaves the VM config on the /run tmpfs for stage 2.
-func saveConfig(vm *guestcfg.VM) error {
-	data, err := json.Marshal(vm)
-	if err != nil {
-		return err
-	}
+// saveConfig leaves the VM config on the /run tmpfs for stage 2, as the
+// config disk holds it: encoding it again would run the JSON encoder, at
+// boot, for nothing.
+func saveConfig(raw []byte) error {
 	if err := os.MkdirAll(filepath.Dir(guestcfg.RunConfigPath), 0o755); err != nil {
 		return err
 	}
-	if err := os.WriteFile(guestcfg.RunConfigPath, data, 0o600); err != nil {
+	if err := os.WriteFile(guestcfg.RunConfigPath, raw, 0o600); err != nil {
 		return fmt.Errorf("write %s: %w", guestcfg.RunConfigPath, err)
 	}
 	return nil

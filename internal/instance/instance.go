@@ -22,8 +22,10 @@ type Type struct {
 }
 
 // VMMOverhead is added to the guest's memory for the VMM's own memory when
-// capping the VM's cgroup; capping at the guest size alone can OOM-kill the
-// VMM during boot (a defect of the reference system).
+// capping the VM's cgroup and counting its budget share; capping at the
+// guest size alone can OOM-kill the VMM during boot (a defect of the
+// reference system). A driver whose VMM needs more says so (QEMU under TCG
+// adds its translation cache).
 const VMMOverhead = 64 * units.MiB
 
 // CPUPeriodMicros is the CFS period the CPU quota is expressed in.
@@ -73,7 +75,3 @@ func (t Type) CPUQuotaMicros() int64 { return int64(math.Round(t.VCPUs * CPUPeri
 
 // MilliCPU is the VM cgroup's CPU limit in thousandths of a CPU.
 func (t Type) MilliCPU() uint64 { return uint64(math.Round(t.VCPUs * 1000)) }
-
-// CgroupMemory is the VM cgroup's memory limit: guest memory plus the VMM's
-// overhead.
-func (t Type) CgroupMemory() units.Size { return t.Memory + VMMOverhead }

@@ -81,7 +81,7 @@ func (m *Manager) Fork(ctx context.Context, parentID string, count int, labels m
 	kids := make([]string, count)
 	for i := range kids {
 		kids[i] = ids.NewVM()
-		if err := m.o.Budget.Reserve(kids[i], reservation(typ)); err != nil {
+		if err := m.o.Budget.Reserve(kids[i], m.reservation(typ)); err != nil {
 			for _, id := range kids[:i] {
 				m.o.Budget.Release(id)
 			}

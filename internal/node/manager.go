@@ -95,6 +95,10 @@ type Options struct {
 	Kernel    guest.Kernel
 	Budget    *Budget
 	Logger    *slog.Logger
+	// VMMOverhead is the memory the driver's VMM needs beside its
+	// guest's, added to the guest's memory for the VM's cgroup limit and
+	// budget share; 0 means instance.VMMOverhead.
+	VMMOverhead units.Size
 
 	// More than MaxCrashes crashes within CrashWindow make a VM Failed
 	// instead of restarted; 0 means the first crash does.
@@ -192,7 +196,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (store.VM, erro
 		}
 	}
 	id := ids.NewVM()
-	if err := m.o.Budget.Reserve(id, reservation(typ)); err != nil {
+	if err := m.o.Budget.Reserve(id, m.reservation(typ)); err != nil {
 		return store.VM{}, fmt.Errorf("create vm: %w", err)
 	}
 	return m.create(ctx, id, req, typ, image, makeDisk)
@@ -255,7 +259,7 @@ func (m *Manager) create(ctx context.Context, id string, req CreateRequest, typ 
 	if err := guestcfg.WriteDisk(filepath.Join(dir, configFile), gcfg); err != nil {
 		return fail("write config disk", err)
 	}
-	if err := m.o.Cgroups.Create(id, typ.MilliCPU(), uint64(typ.CgroupMemory())); err != nil {
+	if err := m.o.Cgroups.Create(id, typ.MilliCPU(), uint64(m.vmMemory(typ))); err != nil {
 		return fail("create cgroup", err)
 	}
 	mc.spec = m.spec(row, typ)
@@ -316,9 +320,19 @@ func (m *Manager) spec(vm store.VM, typ instance.Type) vmm.Config {
 	}
 }
 
+// vmMemory is the memory a VM of type typ holds: its guest's and its
+// VMM's, the VM cgroup's limit.
+func (m *Manager) vmMemory(typ instance.Type) units.Size {
+	overhead := m.o.VMMOverhead
+	if overhead == 0 {
+		overhead = instance.VMMOverhead
+	}
+	return typ.Memory + overhead
+}
+
 // reservation is the budget share of a VM of type typ.
-func reservation(typ instance.Type) Reservation {
-	return Reservation{Memory: typ.CgroupMemory(), Disk: typ.Disk}
+func (m *Manager) reservation(typ instance.Type) Reservation {
+	return Reservation{Memory: m.vmMemory(typ), Disk: typ.Disk}
 }
 
 // imageConfig turns a stored OCI config subset into the guest's.

@@ -19,6 +19,7 @@ import (
 	"github.com/hypervm/hyper/internal/guest"
 	"github.com/hypervm/hyper/internal/guestcfg"
 	"github.com/hypervm/hyper/internal/ids"
+	"github.com/hypervm/hyper/internal/instance"
 	"github.com/hypervm/hyper/internal/store"
 	"github.com/hypervm/hyper/internal/units"
 	"github.com/hypervm/hyper/internal/vmm/vmmtest"
@@ -32,6 +33,7 @@ import (
 type fakeHelper struct {
 	mu      sync.Mutex
 	cgroups map[string]bool
+	memory  map[string]uint64 // each cgroup's memory limit
 	calls   []string
 	failOn  string
 }
@@ -46,13 +48,14 @@ func (h *fakeHelper) call(op, vm string) error {
 	return nil
 }
 
-func (h *fakeHelper) Create(vm string, _, _ uint64) error {
+func (h *fakeHelper) Create(vm string, _, memory uint64) error {
 	if err := h.call("create-cgroup", vm); err != nil {
 		return err
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.cgroups[vm] = true
+	h.memory[vm] = memory
 	return nil
 }
 
@@ -127,7 +130,7 @@ func newHarness(t *testing.T) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{t: t, cfg: cfg, store: st, helper: &fakeHelper{cgroups: map[string]bool{}}, image: im}
+	h := &harness{t: t, cfg: cfg, store: st, helper: &fakeHelper{cgroups: map[string]bool{}, memory: map[string]uint64{}}, image: im}
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
 	reaper := guestd.NewReaper(false)
@@ -262,6 +265,36 @@ func TestCreateExecStop(t *testing.T) {
 	}
 	if _, err := m.Agent(ctx, ids.NewVM()); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("agent of an unknown vm: %v", err)
+	}
+}
+
+// The driver's VMM overhead, not instance.VMMOverhead, sizes a VM's cgroup
+// and its budget share: QEMU under TCG needs room for its translation
+// cache.
+func TestVMMOverhead(t *testing.T) {
+	for _, tc := range []struct {
+		overhead, want units.Size
+	}{
+		{0, 128*units.MiB + instance.VMMOverhead},
+		{200 * units.MiB, 328 * units.MiB},
+	} {
+		h := newHarness(t)
+		m := h.manager(Capacity{Memory: 4 * units.GiB, Disk: 64 * units.GiB})
+		m.o.VMMOverhead = tc.overhead
+		h.run(m)
+		vm, err := m.Create(context.Background(), h.req())
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.helper.mu.Lock()
+		limit := h.helper.memory[vm.ID]
+		h.helper.mu.Unlock()
+		if limit != uint64(tc.want) {
+			t.Errorf("overhead %s: cgroup memory %d; want %d", tc.overhead, limit, tc.want)
+		}
+		if u := m.Usage(); u.Memory != tc.want {
+			t.Errorf("overhead %s: budget holds %s; want %s", tc.overhead, u.Memory, tc.want)
+		}
 	}
 }
 

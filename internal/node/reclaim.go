@@ -105,7 +105,7 @@ func (m *Manager) readopt(ctx context.Context) error {
 			log.Error("unknown instance type; leaving the vm alone", "type", row.InstanceType)
 			continue
 		}
-		if err := m.o.Budget.Reserve(row.ID, reservation(typ)); err != nil {
+		if err := m.o.Budget.Reserve(row.ID, m.reservation(typ)); err != nil {
 			log.Warn("budget for re-adopted vm", "error", err)
 		}
 		vm, err := m.o.Driver.Attach(ctx, row.ID, m.cfg.VMDir(row.ID))

@@ -57,7 +57,8 @@ func TestForkQEMU(t *testing.T) {
 	})
 
 	t.Run("not enough budget for every child", func(t *testing.T) {
-		// mem_max 1GiB holds five micro VMs: the parent and four more.
+		// mem_max 1GiB holds four micro VMs under TCG (128 MiB for the
+		// guest, 128 MiB for QEMU): the parent and three more.
 		before := firstColumn(vn.hyperOK(t, time.Minute, "vm", "ls", "--all"))
 		_, stderr, code := vn.hyper("vm", "fork", parent, "-n", "5")
 		if code == 0 || !strings.Contains(stderr, "resource_exhausted") {

@@ -680,7 +680,7 @@ func capMemory(t *testing.T, e *env, id string, typ instance.Type) {
 	}
 	parent := fmt.Sprintf("hyper-fctest-%d", os.Getpid())
 	e.jail.cgroupVersion, e.jail.parentCgroup = version, parent
-	e.jail.cgroups = append(e.jail.cgroups, file+"="+strconv.FormatInt(int64(typ.CgroupMemory()), 10))
+	e.jail.cgroups = append(e.jail.cgroups, file+"="+strconv.FormatInt(int64(typ.Memory+instance.VMMOverhead), 10))
 	dir := filepath.Join(base, parent, id)
 	t.Cleanup(func() {
 		if n := oomKills(version, dir); n > 0 {

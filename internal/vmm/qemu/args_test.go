@@ -55,7 +55,7 @@ func TestArgs(t *testing.T) {
 		}
 	}
 	for flag, want := range map[string]string{
-		"-smp": "2", "-m": "512M", "-accel": "tcg,tb-size=24", "-M": "microvm", "-kernel": "/k/vmlinuz",
+		"-smp": "2", "-m": "512M", "-accel": "tcg,tb-size=64", "-M": "microvm", "-kernel": "/k/vmlinuz",
 		"-pidfile": "/srv/hyper/vms/vm-1/qemu.pid",
 		"-append":  "console=ttyS0 reboot=t panic=-1 quiet tsc_early_khz=2596000 hyper.debug=1",
 	} {

@@ -62,6 +62,12 @@ func qmp(ctx context.Context, sock, command string, args any) (json.RawMessage, 
 	return ret, nil
 }
 
+// QMP runs one command on the QMP socket at sock and returns its "return"
+// value, for tools that inspect a QEMU the driver started.
+func QMP(ctx context.Context, sock, command string, args any) (json.RawMessage, error) {
+	return qmp(ctx, sock, command, args)
+}
+
 // qmpExchange sends one command and reads lines until its reply, skipping
 // the asynchronous events QEMU interleaves.
 func qmpExchange(conn net.Conn, r *bufio.Reader, command string, args any) (json.RawMessage, error) {
