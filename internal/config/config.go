@@ -323,6 +323,10 @@ func (c *Config) Validate() error {
 	if !validName(c.Jails.Cgroup) {
 		return bad("jails.cgroup", "must be one name of [A-Za-z0-9._-], not . or .. (got %q)", c.Jails.Cgroup)
 	}
+	// The node's name also names its directories on shared storage.
+	if !validName(c.Cluster.NodeName) {
+		return bad("cluster.node_name", "must be one name of [A-Za-z0-9._-], not . or .., at most 64 bytes (got %q)", c.Cluster.NodeName)
+	}
 	for key, p := range map[string]string{
 		"tools.firecracker": c.Tools.Firecracker, "tools.jailer": c.Tools.Jailer,
 		"tools.suidhelper": c.Tools.SuidHelper, "tools.qemu": c.Tools.QEMU, "tools.mke2fs": c.Tools.Mke2fs, "tools.agent": c.Tools.Agent,

@@ -83,6 +83,7 @@ func TestParseErrors(t *testing.T) {
 		{"range arity", "[jails]\nuid_gid_range = [20]", "jails.uid_gid_range", "[min, max]"},
 		{"unclean path", "[kernel]\ndir = \"/srv/../etc\"", "kernel.dir", "clean"},
 		{"bad cgroup", "[jails]\ncgroup = \"a/b\"", "jails.cgroup", "one name"},
+		{"bad node name", "[cluster]\nnode_name = \"../n1\"", "cluster.node_name", "one name"},
 		{"bad duration", "[cluster]\nlease_ttl = \"soon\"", "cluster.lease_ttl", "invalid duration"},
 		{"ttl below interval", "[cluster]\nlease_ttl = \"1s\"", "cluster.lease_ttl", "longer than"},
 		{"tcp without tls", "[api]\ntcp = \"0.0.0.0:1\"", "api.tcp", "insecure = true"},

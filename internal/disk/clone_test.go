@@ -424,3 +424,31 @@ func TestAllocated(t *testing.T) {
 		t.Errorf("Allocated of a missing file: err = %v, want ErrNotExist", err)
 	}
 }
+
+func TestMove(t *testing.T) {
+	dir := t.TempDir()
+	src, dst, other := filepath.Join(dir, "a"), filepath.Join(dir, "sub", "b"), filepath.Join(dir, "c")
+	if err := os.Mkdir(filepath.Dir(dst), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{src, other} {
+		if err := os.WriteFile(p, []byte(p), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := disk.Move(src, dst); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(dst); err != nil || string(b) != src {
+		t.Fatalf("moved disk: %q, %v", b, err)
+	}
+	if _, err := os.Stat(src); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("the source is still there: %v", err)
+	}
+	if err := disk.Move(other, dst); !errors.Is(err, fs.ErrExist) {
+		t.Fatalf("move onto an existing disk: %v; want ErrExist", err)
+	}
+	if b, _ := os.ReadFile(dst); string(b) != src {
+		t.Fatalf("a refused move replaced the disk: %q", b)
+	}
+}

@@ -44,6 +44,16 @@ func Remove(path string) error {
 	return nil
 }
 
+// Move renames the disk at old to new, which must not exist (fs.ErrExist
+// otherwise), and syncs new's directory so that the rename outlives a
+// crash. Both must be on one filesystem.
+func Move(old, new string) error {
+	if err := renameNoReplace(old, new); err != nil {
+		return err
+	}
+	return fsync.Dir(filepath.Dir(new))
+}
+
 // RemoveTemp deletes the temporary files a killed process left in dir while
 // it was creating or cloning disks there. Only call it on a directory no
 // other process is creating disks in at the same time.

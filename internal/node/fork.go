@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"maps"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -159,22 +161,82 @@ func (m *Manager) Snapshot(ctx context.Context, vmID, label string) (store.Layer
 // records the layer. The file is read-only: a layer never changes.
 func (m *Manager) snapshot(ctx context.Context, vm store.VM, mc *machine, label string, log *slog.Logger) (store.Layer, error) {
 	id := ids.NewLayer()
-	if err := os.MkdirAll(m.cfg.LayersDir(), 0o750); err != nil {
+	if err := os.MkdirAll(m.partialLayersDir(), 0o750); err != nil {
 		return store.Layer{}, fmt.Errorf("layer %s: %w", id, err)
 	}
-	path := m.layerPath(id)
-	if err := m.cloneQuiesced(ctx, mc, path, log.With("layer", id)); err != nil {
+	partial := filepath.Join(m.partialLayersDir(), id+layerExt)
+	if err := m.cloneQuiesced(ctx, mc, partial, log.With("layer", id)); err != nil {
 		return store.Layer{}, fmt.Errorf("layer %s: %w", id, err)
 	}
-	l, err := m.recordLayer(ctx, store.Layer{ID: id, ParentID: vm.LayerID, ImageID: vm.ImageID, Node: m.o.Node, Label: label}, path)
+	l, err := m.recordLayer(ctx, store.Layer{ID: id, ParentID: vm.LayerID, ImageID: vm.ImageID, Node: m.o.Node, Label: label}, partial)
 	if err != nil {
-		if rerr := disk.Remove(path); rerr != nil {
+		if rerr := disk.Remove(partial); rerr != nil {
 			log.Warn("remove unrecorded layer", "layer", id, "error", rerr)
+		}
+		return store.Layer{}, fmt.Errorf("layer %s: %w", id, err)
+	}
+	if err := disk.Move(partial, m.layerPath(id)); err != nil {
+		ctx := context.WithoutCancel(ctx)
+		if derr := m.o.Store.DeleteLayer(ctx, id); derr != nil {
+			log.Warn("forget the layer whose file could not be placed", "layer", id, "error", derr)
+		} else if rerr := disk.Remove(partial); rerr != nil {
+			log.Warn("remove unplaced layer", "layer", id, "error", rerr)
 		}
 		return store.Layer{}, fmt.Errorf("layer %s: %w", id, err)
 	}
 	log.Info("layer made", "layer", id, "parent_layer", vm.LayerID, "size", l.Size)
 	return l, nil
+}
+
+// partialLayersDir holds the layer files this node is making. A layer's
+// file is cloned there, recorded in the store, then moved into the layer
+// directory, so a daemon that dies midway leaves nothing in the shared
+// layer directory that no layer owns, and the node's next start finishes
+// or removes what it left (finishLayers).
+func (m *Manager) partialLayersDir() string {
+	return filepath.Join(m.cfg.LayersDir(), ".partial", m.o.Node)
+}
+
+// finishLayers deals with the layer files a previous daemon on this node
+// left half made: one whose layer was recorded is moved into place, any
+// other file is removed. It runs at start, before anything can be making
+// a layer.
+func (m *Manager) finishLayers(ctx context.Context) error {
+	dir := m.partialLayersDir()
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range entries {
+		path := filepath.Join(dir, e.Name())
+		log := m.log.With("op", "reclaim", "file", path)
+		id, ok := strings.CutSuffix(e.Name(), layerExt)
+		if ok && ids.IsLayer(id) {
+			_, err := m.o.Store.GetLayer(ctx, id)
+			if err == nil {
+				if err := disk.Move(path, m.layerPath(id)); err != nil {
+					errs = append(errs, fmt.Errorf("layer %s: %w", id, err))
+					continue
+				}
+				log.Info("finished a layer a previous daemon recorded", "layer", id)
+				continue
+			}
+			if !errors.Is(err, store.ErrNotFound) {
+				errs = append(errs, fmt.Errorf("layer %s: %w", id, err))
+				continue
+			}
+		}
+		if err := os.RemoveAll(path); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		log.Info("removed a layer file no layer owns")
+	}
+	return errors.Join(errs...)
 }
 
 func (m *Manager) recordLayer(ctx context.Context, l store.Layer, path string) (store.Layer, error) {
@@ -202,9 +264,12 @@ func (m *Manager) DeleteLayer(ctx context.Context, id string) error {
 	return nil
 }
 
+// layerExt ends the name of every layer's file.
+const layerExt = ".ext4"
+
 // layerPath is where a layer's disk lives on the layer medium.
 func (m *Manager) layerPath(id string) string {
-	return filepath.Join(m.cfg.LayersDir(), id+".ext4")
+	return filepath.Join(m.cfg.LayersDir(), id+layerExt)
 }
 
 // fromLayer checks that a VM of type typ can boot on layer id and returns

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
@@ -381,8 +382,8 @@ func TestForkCloneFails(t *testing.T) {
 			if layers, _ := h.store.ListLayers(ctx, store.LayerFilter{}); len(layers) != 0 {
 				t.Fatalf("layers after a failed fork: %v", layers)
 			}
-			if entries, _ := os.ReadDir(h.cfg.LayersDir()); len(entries) != 0 {
-				t.Fatalf("layer files after a failed fork: %v", entries)
+			if files := regularFiles(h.cfg.LayersDir()); len(files) != 0 {
+				t.Fatalf("layer files after a failed fork: %v", files)
 			}
 			if running := h.driver.Running(); !slices.Equal(running, []string{parent.ID}) {
 				t.Fatalf("running vmms: %v", running)
@@ -640,4 +641,55 @@ func spyMethod(t *testing.T, h *harness) disk.Method {
 	c, err := disk.NewCloner(disk.ModeAuto, caps)
 	must(t, err)
 	return c.Method()
+}
+
+// regularFiles lists the regular files anywhere under dir.
+func regularFiles(dir string) []string {
+	var files []string
+	filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			files = append(files, path)
+		}
+		return nil
+	})
+	return files
+}
+
+// A daemon that died while making layers left their files in its partial
+// directory: at start the node moves a recorded layer's file into place and
+// removes the rest, and leaves other nodes' partial files alone.
+func TestFinishLayersLeftByADeadDaemon(t *testing.T) {
+	h := newHarness(t)
+	m := h.manager(roomy)
+	ctx := context.Background()
+	recorded, unrecorded := ids.NewLayer(), ids.NewLayer()
+	_, err := h.store.PutLayer(ctx, store.Layer{ID: recorded, ImageID: h.image.ID, Node: "n1", Label: "made before the crash"})
+	must(t, err)
+	mine := m.partialLayersDir()
+	theirs := filepath.Join(h.cfg.LayersDir(), ".partial", "n2")
+	for _, dir := range []string{mine, theirs} {
+		must(t, os.MkdirAll(dir, 0o750))
+	}
+	write := func(path, body string) {
+		t.Helper()
+		must(t, os.WriteFile(path, []byte(body), 0o400))
+	}
+	write(filepath.Join(mine, recorded+layerExt), "recorded")
+	write(filepath.Join(mine, unrecorded+layerExt), "unrecorded")
+	write(filepath.Join(mine, "."+unrecorded+layerExt+".hyper-tmp-0123"), "clone in flight")
+	write(filepath.Join(theirs, unrecorded+layerExt), "another node's")
+
+	h.run(m)
+	if b, err := os.ReadFile(m.layerPath(recorded)); err != nil || string(b) != "recorded" {
+		t.Fatalf("the recorded layer's file: %q, %v", b, err)
+	}
+	if _, err := os.Stat(m.layerPath(unrecorded)); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("an unrecorded layer was placed: %v", err)
+	}
+	if files := regularFiles(mine); len(files) != 0 {
+		t.Fatalf("left in the partial directory: %v", files)
+	}
+	if files := regularFiles(theirs); len(files) != 1 {
+		t.Fatalf("another node's partial files: %v; want them kept", files)
+	}
 }

@@ -28,6 +28,9 @@ func (m *Manager) Run(ctx context.Context, ready func()) error {
 	if err := m.readopt(ctx); err != nil {
 		return fmt.Errorf("re-adopt vms: %w", err)
 	}
+	if err := m.finishLayers(ctx); err != nil {
+		m.log.Warn("layers left half made", "op", "reclaim", "error", err)
+	}
 	if _, err := m.sweep(ctx, nil, true); err != nil {
 		m.log.Warn("reclaim incomplete", "op", "reclaim", "error", err)
 	}

@@ -200,8 +200,10 @@ func (vn *vmNode) checkNoLeaks(t *testing.T) {
 		}
 	}
 	// A VM's directory holds its disks and sockets; a jail holds the
-	// Firecracker VM's links and sockets.
-	for _, dir := range []string{filepath.Join(vn.workDir, "vms"), filepath.Join(vn.workDir, "jails", "firecracker")} {
+	// Firecracker VM's links and sockets; the node's partial layer
+	// directory holds a layer's file while the layer is being made.
+	for _, dir := range []string{filepath.Join(vn.workDir, "vms"), filepath.Join(vn.workDir, "jails", "firecracker"),
+		filepath.Join(vn.workDir, "layers", "layers", ".partial", vn.name)} {
 		if entries, err := os.ReadDir(dir); err == nil && len(entries) > 0 {
 			var names []string
 			for _, e := range entries {
