@@ -28,9 +28,6 @@ type Type struct {
 // adds its translation cache).
 const VMMOverhead = 64 * units.MiB
 
-// CPUPeriodMicros is the CFS period the CPU quota is expressed in.
-const CPUPeriodMicros = 100000
-
 // Types in ascending size; each doubles the one before.
 var types = func() []Type {
 	names := []string{"micro", "milli", "centi", "deci", "base", "deca", "hecto", "kilo", "mega", "giga", "tera"}
@@ -69,9 +66,6 @@ func Lookup(name string) (Type, error) {
 // VCPUCount is the number of vCPUs the VMM gives the guest: the fractional
 // share rounded up, at least one.
 func (t Type) VCPUCount() int { return max(1, int(math.Ceil(t.VCPUs))) }
-
-// CPUQuotaMicros is the CFS quota per CPUPeriodMicros.
-func (t Type) CPUQuotaMicros() int64 { return int64(math.Round(t.VCPUs * CPUPeriodMicros)) }
 
 // MilliCPU is the VM cgroup's CPU limit in thousandths of a CPU.
 func (t Type) MilliCPU() uint64 { return uint64(math.Round(t.VCPUs * 1000)) }
