@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/hypervm/hyper/internal/ids"
+	"github.com/hypervm/hyper/internal/suid"
 )
 
 // Parent is the node's delegated parent cgroup in one hierarchy.
@@ -51,6 +52,16 @@ const (
 type Tree struct {
 	version int
 	parents []Parent
+}
+
+// Delegated is New for what the setuid helper's cgroup delegate op
+// reported.
+func Delegated(d suid.Delegation) (*Tree, error) {
+	parents := make([]Parent, 0, len(d.Parents))
+	for _, p := range d.Parents {
+		parents = append(parents, Parent{Controller: p.Controller, Path: p.Path})
+	}
+	return New(d.CgroupVersion, parents)
 }
 
 // New checks the parents the helper's delegation reported (cgroup version

@@ -116,15 +116,11 @@ func delegatedCgroups(ctx context.Context, hc *helper.Client, log *slog.Logger) 
 	if err != nil {
 		return nil, fmt.Errorf("the setuid helper could not delegate the parent cgroup to hyperd: %w", err)
 	}
-	parents := make([]cgroup.Parent, 0, len(d.Parents))
-	for _, p := range d.Parents {
-		parents = append(parents, cgroup.Parent{Controller: p.Controller, Path: p.Path})
-	}
-	tree, err := cgroup.New(d.CgroupVersion, parents)
+	tree, err := cgroup.Delegated(d)
 	if err != nil {
 		return nil, err
 	}
-	log.Info("cgroups delegated", "version", d.CgroupVersion, "parents", parents, "self", d.Self)
+	log.Info("cgroups delegated", "version", d.CgroupVersion, "parents", d.Parents, "self", d.Self)
 	return tree, nil
 }
 

@@ -96,7 +96,7 @@ func standIn(specJSON string) int {
 		}
 		return 0
 	}
-	tree, err := cgroup.New(d.CgroupVersion, parentsOf(d))
+	tree, err := cgroup.Delegated(d)
 	if err != nil {
 		return fail(err)
 	}
@@ -135,14 +135,6 @@ func errString(err error) string {
 		return ""
 	}
 	return err.Error()
-}
-
-func parentsOf(d suid.Delegation) []cgroup.Parent {
-	var ps []cgroup.Parent
-	for _, p := range d.Parents {
-		ps = append(ps, cgroup.Parent{Controller: p.Controller, Path: p.Path})
-	}
-	return ps
 }
 
 // runningStandIn is a stand-in that has reported its setup.
@@ -239,7 +231,7 @@ func (e *testEnv) delegated(t *testing.T) *cgroup.Tree {
 	if r.Error != "" {
 		t.Fatalf("delegate: %s", r.Error)
 	}
-	tree, err := cgroup.New(r.Delegation.CgroupVersion, parentsOf(r.Delegation))
+	tree, err := cgroup.Delegated(r.Delegation)
 	must(t, err)
 	return tree
 }

@@ -279,11 +279,7 @@ func (e *benchEnv) delegate(b *testing.B, root *helper.Client) {
 	if err != nil {
 		b.Fatalf("helper cgroup delegate: %v", err)
 	}
-	var parents []cgroup.Parent
-	for _, p := range d.Parents {
-		parents = append(parents, cgroup.Parent{Controller: p.Controller, Path: p.Path})
-	}
-	tree, err := cgroup.New(d.CgroupVersion, parents)
+	tree, err := cgroup.Delegated(d)
 	if err != nil {
 		b.Fatal(err)
 	}

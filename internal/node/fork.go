@@ -161,10 +161,11 @@ func (m *Manager) Snapshot(ctx context.Context, vmID, label string) (store.Layer
 // records the layer. The file is read-only: a layer never changes.
 func (m *Manager) snapshot(ctx context.Context, vm store.VM, mc *machine, label string, log *slog.Logger) (store.Layer, error) {
 	id := ids.NewLayer()
-	if err := os.MkdirAll(m.partialLayersDir(), 0o750); err != nil {
+	dir := m.partialLayersDir()
+	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return store.Layer{}, fmt.Errorf("layer %s: %w", id, err)
 	}
-	partial := filepath.Join(m.partialLayersDir(), id+layerExt)
+	partial := filepath.Join(dir, id+layerExt)
 	if err := m.cloneQuiesced(ctx, mc, partial, log.With("layer", id)); err != nil {
 		return store.Layer{}, fmt.Errorf("layer %s: %w", id, err)
 	}
@@ -176,6 +177,8 @@ func (m *Manager) snapshot(ctx context.Context, vm store.VM, mc *machine, label 
 		return store.Layer{}, fmt.Errorf("layer %s: %w", id, err)
 	}
 	if err := disk.Move(partial, m.layerPath(id)); err != nil {
+		// A layer that stays recorded keeps its file, which the node's
+		// next start moves into place.
 		ctx := context.WithoutCancel(ctx)
 		if derr := m.o.Store.DeleteLayer(ctx, id); derr != nil {
 			log.Warn("forget the layer whose file could not be placed", "layer", id, "error", derr)

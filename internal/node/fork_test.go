@@ -7,7 +7,6 @@ import (
 	"io/fs"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -15,8 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/hypervm/hyper/internal/agent/agenttest"
 	"github.com/hypervm/hyper/internal/agent/guestd"
 	"github.com/hypervm/hyper/internal/disk"
 	"github.com/hypervm/hyper/internal/guestcfg"
@@ -91,37 +89,7 @@ func must(t testing.TB, err error) {
 // which Freeze fails and the manager pauses the VMM). It needs root.
 func (h *harness) freezableGuest() string {
 	t := h.t
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to loop-mount an ext4 filesystem for the guest agent to freeze")
-	}
-	for _, tool := range []string{"mkfs.ext4", "mount", "umount"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s (Debian: e2fsprogs, mount)", tool)
-		}
-	}
-	dir := t.TempDir()
-	img, mnt := filepath.Join(dir, "fs.img"), filepath.Join(dir, "mnt")
-	must(t, os.Mkdir(mnt, 0o755))
-	f, err := os.Create(img)
-	must(t, err)
-	must(t, f.Truncate(32<<20))
-	must(t, f.Close())
-	if out, err := exec.Command("mkfs.ext4", "-q", "-F", img).CombinedOutput(); err != nil {
-		t.Fatalf("mkfs.ext4: %v\n%s", err, out)
-	}
-	if out, err := exec.Command("mount", "-o", "loop", img, mnt).CombinedOutput(); err != nil {
-		t.Skipf("cannot loop-mount (no loop devices?): %v\n%s", err, out)
-	}
-	t.Cleanup(func() {
-		// A failed test may leave it frozen; umount would then hang.
-		if fd, err := unix.Open(mnt, unix.O_RDONLY|unix.O_DIRECTORY, 0); err == nil {
-			_ = unix.IoctlSetInt(fd, 0xc0045878, 0) // FITHAW
-			unix.Close(fd)
-		}
-		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
-			t.Errorf("umount: %v\n%s", err, out)
-		}
-	})
+	mnt := agenttest.MountExt4(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	var conns sync.WaitGroup
 	reaper := guestd.NewReaper(false)
@@ -199,10 +167,8 @@ func TestForkOne(t *testing.T) {
 				h.freezableGuest()
 			}
 			m, spy := h.forkManager(roomy)
-			h.run(m)
 			ctx := context.Background()
-			parent, err := m.Create(ctx, h.req())
-			must(t, err)
+			parent := h.runWithVM(m)
 			data := []byte("written by the parent before the fork")
 			writeDisk(t, diskOf(h, parent.ID), 1<<20, data)
 
@@ -274,10 +240,8 @@ func TestForkAllOrNothing(t *testing.T) {
 	h := newHarness(t)
 	h.freezableGuest()
 	m, spy := h.forkManager(Capacity{Memory: 4 * 192 * units.MiB, Disk: 64 * units.GiB})
-	h.run(m)
 	ctx := context.Background()
-	parent, err := m.Create(ctx, h.req())
-	must(t, err)
+	parent := h.runWithVM(m)
 	data := []byte("state every child starts from")
 	writeDisk(t, diskOf(h, parent.ID), 3<<20, data)
 
@@ -344,10 +308,8 @@ func TestForkCloneFails(t *testing.T) {
 			h := newHarness(t)
 			h.freezableGuest()
 			m, spy := h.forkManager(roomy)
-			h.run(m)
 			ctx := context.Background()
-			parent, err := m.Create(ctx, h.req())
-			must(t, err)
+			parent := h.runWithVM(m)
 			var sawFrozen bool
 			spy.fail = errors.New("disk full (injected)")
 			spy.during = func() { sawFrozen = frozen(t, m, parent.ID) }
@@ -425,10 +387,8 @@ func TestForkChildBootFails(t *testing.T) {
 	m, _ := h.forkManager(roomy)
 	// The parent's start is the first; the second child's the third.
 	m.o.Driver = &failingStart{Driver: h.driver, n: 3}
-	h.run(m)
 	ctx := context.Background()
-	parent, err := m.Create(ctx, h.req())
-	must(t, err)
+	parent := h.runWithVM(m)
 	if _, err := m.Fork(ctx, parent.ID, 3, nil); err == nil || !strings.Contains(err.Error(), "injected") {
 		t.Fatalf("fork with a failing boot: %v", err)
 	}
@@ -471,10 +431,8 @@ func TestFreezeLease(t *testing.T) {
 			h := newHarness(t)
 			h.freezableGuest()
 			m, spy := h.forkManager(roomy)
-			h.run(m)
 			ctx := context.Background()
-			parent, err := m.Create(ctx, h.req())
-			must(t, err)
+			parent := h.runWithVM(m)
 			var frozenAfter bool
 			spy.during = func() {
 				time.Sleep(3 * freezeLease)
@@ -501,11 +459,9 @@ func TestFreezeLease(t *testing.T) {
 func TestForkRefusals(t *testing.T) {
 	h := newHarness(t)
 	m, spy := h.forkManager(roomy)
-	h.run(m)
 	ctx := context.Background()
-	stopped, err := m.Create(ctx, h.req())
-	must(t, err)
-	_, err = m.Stop(ctx, stopped.ID, 0)
+	stopped := h.runWithVM(m)
+	_, err := m.Stop(ctx, stopped.ID, 0)
 	must(t, err)
 	cases := []struct {
 		name  string
@@ -536,10 +492,8 @@ func TestForkRefusals(t *testing.T) {
 func TestCreateFromLayer(t *testing.T) {
 	h := newHarness(t)
 	m, _ := h.forkManager(roomy)
-	h.run(m)
 	ctx := context.Background()
-	parent, err := m.Create(ctx, h.req())
-	must(t, err)
+	parent := h.runWithVM(m)
 	data := []byte("golden state")
 	writeDisk(t, diskOf(h, parent.ID), 5<<20, data)
 	l, err := m.Snapshot(ctx, parent.ID, "golden")
@@ -608,10 +562,8 @@ func TestSnapshotLatency(t *testing.T) {
 				how = "freeze"
 			}
 			m, _ := h.forkManager(roomy)
-			h.run(m)
 			ctx := context.Background()
-			parent, err := m.Create(ctx, h.req())
-			must(t, err)
+			parent := h.runWithVM(m)
 			must(t, os.Truncate(diskOf(h, parent.ID), int64(2*units.GiB)))
 			chunk := bytes.Repeat([]byte{0xa5}, 1<<20)
 			for off := int64(0); off < written; off += 1 << 20 {

@@ -158,6 +158,15 @@ func (h *harness) manager(capacity Capacity) *Manager {
 	})
 }
 
+// runWithVM starts m and creates a VM of h's image, which it returns.
+func (h *harness) runWithVM(m *Manager) store.VM {
+	h.t.Helper()
+	h.run(m)
+	vm, err := m.Create(context.Background(), h.req())
+	must(h.t, err)
+	return vm
+}
+
 // run starts m and returns a stop function that waits for it.
 func (h *harness) run(m *Manager) (stop func()) {
 	h.t.Helper()

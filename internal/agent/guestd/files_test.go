@@ -17,6 +17,7 @@ import (
 	"connectrpc.com/connect"
 
 	agentv1 "github.com/hypervm/hyper/api/agent/v1"
+	"github.com/hypervm/hyper/internal/agent/agenttest"
 	"github.com/hypervm/hyper/internal/agent/guestd"
 )
 
@@ -236,7 +237,7 @@ func TestPermissionDenied(t *testing.T) {
 	requireRoot(t)
 	h := start(t, guestd.Config{})
 	// Root passes permission bits, not the immutable attribute.
-	dir := filepath.Join(mountExt4(t), "locked")
+	dir := filepath.Join(agenttest.MountExt4(t), "locked")
 	must(t, os.Mkdir(dir, 0o755))
 	must(t, os.WriteFile(filepath.Join(dir, "f"), []byte("x"), 0o644))
 	setImmutable(t, dir)

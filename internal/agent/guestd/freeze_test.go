@@ -2,49 +2,17 @@ package guestd_test
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/hypervm/hyper/internal/agent/agenttest"
 	"github.com/hypervm/hyper/internal/agent/guestd"
 )
 
 func sleep() { time.Sleep(10 * time.Millisecond) }
-
-// mountExt4 makes a small ext4 image, loop-mounts it and returns the mount
-// point; it is unmounted when the test ends.
-func mountExt4(t *testing.T) string {
-	t.Helper()
-	requireRoot(t)
-	for _, tool := range []string{"mkfs.ext4", "mount", "umount"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s (Debian: e2fsprogs, mount)", tool)
-		}
-	}
-	dir := t.TempDir()
-	img, mnt := filepath.Join(dir, "fs.img"), filepath.Join(dir, "mnt")
-	must(t, os.Mkdir(mnt, 0o755))
-	f, err := os.Create(img)
-	must(t, err)
-	must(t, f.Truncate(32<<20))
-	must(t, f.Close())
-	if out, err := exec.Command("mkfs.ext4", "-q", "-F", img).CombinedOutput(); err != nil {
-		t.Fatalf("mkfs.ext4: %v\n%s", err, out)
-	}
-	if out, err := exec.Command("mount", "-o", "loop", img, mnt).CombinedOutput(); err != nil {
-		t.Skipf("cannot loop-mount (no loop devices?): %v\n%s", err, out)
-	}
-	t.Cleanup(func() {
-		// An immutable directory would survive; the image goes anyway.
-		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
-			t.Errorf("umount: %v\n%s", err, out)
-		}
-	})
-	return mnt
-}
 
 // fsImmutableFL is FS_IMMUTABLE_FL from linux/fs.h.
 const fsImmutableFL = 0x10
@@ -76,7 +44,7 @@ func writeDone(t *testing.T, path string) <-chan error {
 }
 
 func TestFreezeThaw(t *testing.T) {
-	mnt := mountExt4(t)
+	mnt := agenttest.MountExt4(t)
 	h := start(t, guestd.Config{FreezePath: mnt})
 	ctx := ctxT(t)
 
@@ -114,7 +82,7 @@ func TestFreezeThaw(t *testing.T) {
 }
 
 func TestFreezeThawsByItself(t *testing.T) {
-	mnt := mountExt4(t)
+	mnt := agenttest.MountExt4(t)
 	h := start(t, guestd.Config{FreezePath: mnt})
 	ctx := ctxT(t)
 	if err := h.client.Freeze(ctx, 300*time.Millisecond); err != nil {
